@@ -1,0 +1,22 @@
+"""Segmentation models behind one registry. Importing this package registers them all."""
+
+from medbench.models import segformer, swinunet, unet  # noqa: F401  (registration)
+from medbench.models.registry import (
+    FAMILIES,
+    ModelInfo,
+    PretrainedSource,
+    create_model,
+    get_model_info,
+    list_models,
+    register_model,
+)
+
+__all__ = [
+    "FAMILIES",
+    "ModelInfo",
+    "PretrainedSource",
+    "create_model",
+    "get_model_info",
+    "list_models",
+    "register_model",
+]
