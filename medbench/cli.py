@@ -1,0 +1,173 @@
+"""The `medbench` command line. Flags are the `TrainConfig` field names with dashes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from medbench.errors import MedbenchError
+
+__all__ = ["main"]
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    # MLproject passes unset parameters as empty strings; they mean "use the preset".
+    def parse_or_none(text: str) -> Any:
+        if text.strip() in ("", "none", "None"):
+            return None
+        return parse(text)
+
+    parse_or_none.__name__ = parse.__name__
+    return parse_or_none
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `TrainConfig`; unset ones (None) take the preset's value."""
+    from medbench.config import PRESETS
+
+    integer, real, text, boolean = _optional(int), _optional(float), _optional(str), _optional(parse_bool)
+    parser.add_argument("--model", required=True, help="registry model name (see `medbench models`)")
+    parser.add_argument("--dataset", required=True, help="dataset name (see `medbench datasets`)")
+    parser.add_argument("--data-dir", type=text, help="folder of this dataset; default <data root>/<dataset>")
+    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="protocol preset (default quick)")
+    parser.add_argument("--fold", type=integer, help="fold evaluated by this run (default 0)")
+    parser.add_argument("--num-folds", type=integer, help="number of cross-validation folds (default 5)")
+    parser.add_argument("--seed", type=integer, help="training seed (default 0)")
+    parser.add_argument("--split-seed", type=integer, help="seed of the fold assignment (default 0)")
+    parser.add_argument("--epochs", type=integer, help="maximum epochs")
+    parser.add_argument("--image-size", type=integer, help="square working resolution in pixels")
+    parser.add_argument("--batch-size", type=integer, help="training batch size")
+    parser.add_argument("--lr", type=real, help="peak AdamW learning rate")
+    parser.add_argument("--weight-decay", type=real, help="AdamW weight decay")
+    parser.add_argument("--patience", type=integer, help="early-stopping patience in epochs")
+    parser.add_argument("--min-delta", type=real, help="smallest validation IoU gain that counts")
+    parser.add_argument("--max-images", type=integer, help="use the first N images only; 0 for all")
+    parser.add_argument("--amp", type=boolean, nargs="?", const=True, help="bfloat16 mixed precision on CUDA")
+    parser.add_argument("--pretrained", type=boolean, nargs="?", const=True, help="load ImageNet encoder weights")
+    parser.add_argument("--weights", type=text, help="local weight file instead of the download")
+    parser.add_argument("--num-workers", type=integer, help="data loader worker processes (default 0)")
+    parser.add_argument("--device", type=text, help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--deterministic", type=boolean, nargs="?", const=True, help="deterministic algorithms")
+    parser.add_argument("--experiment", type=text, help="MLflow experiment name (default medbench)")
+    parser.add_argument("--register", type=boolean, nargs="?", const=True, help="register the model (default true)")
+
+
+def _config_from_args(args: argparse.Namespace):
+    from medbench.config import TrainConfig, resolve_train_config
+
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "preset" and hasattr(args, f)}
+    return resolve_train_config(args.preset, **fields)
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    from medbench.training.run import train
+
+    config = _config_from_args(args)
+    result = train(config)
+    print(f"run {result.run_id} finished: " + ", ".join(
+        f"{k} {v:.4f}" for k, v in result.metrics.items() if k in ("test/dice", "test/iou", "test/hd95")
+    ))
+    if result.model_version:
+        print(f"registered model version: models:/medbench-{config.dataset}-{config.model}/{result.model_version}")
+    return 0
+
+
+def _command_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from medbench.models import create_model, get_model_info, list_models
+
+    for name in list_models(args.family):
+        info = get_model_info(name)
+        with torch.device("meta"):
+            model = create_model(name, in_channels=3, num_classes=2)
+        measured = sum(p.numel() for p in model.parameters())
+        record = {
+            "name": name,
+            "family": info.family,
+            "params_measured": measured,
+            "params_published": round(info.published_params_m * 1e6),
+            "default_input_size": info.default_input_size,
+            "params_source": info.params_source,
+            "pretrained": info.pretrained.location if info.pretrained else None,
+            "gradcam_layer": info.gradcam_layer,
+            "allow_amp": info.allow_amp,
+        }
+        if args.json:
+            print(json.dumps(record))
+        else:
+            print(f"{name:28s} {info.family:6s} {measured / 1e6:7.2f} M (published {info.published_params_m:g} M)  "
+                  f"input {info.default_input_size}")
+    return 0
+
+
+def _command_datasets(args: argparse.Namespace) -> int:
+    from medbench.data import data_root, get_source, list_datasets
+
+    for name in list_datasets():
+        source = get_source(name)
+        folder = data_root() / name
+        record = {
+            "name": name,
+            "classes": list(source.class_names),
+            "modality": source.modality,
+            "layout": source.layout,
+            "folder": str(folder),
+            "present": source.is_present(folder),
+        }
+        if args.json:
+            print(json.dumps(record))
+        else:
+            print(f"{name:16s} {source.modality:14s} classes {', '.join(source.class_names):40s} "
+                  f"{'present' if record['present'] else 'missing'} at {folder}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medbench", description="Benchmark medical and general-purpose segmentation models, tracked in MLflow."
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one model on one fold of one dataset")
+    add_train_arguments(train)
+    train.set_defaults(handler=_command_train)
+
+    models = commands.add_parser("models", help="list registered models")
+    models.add_argument("--family", choices=["SMA", "GP-VM", "peer"], help="only this family")
+    models.add_argument("--json", action="store_true", help="one JSON object per line")
+    models.set_defaults(handler=_command_models)
+
+    datasets = commands.add_parser("datasets", help="list dataset sources and whether their data is present")
+    datasets.add_argument("--json", action="store_true", help="one JSON object per line")
+    datasets.set_defaults(handler=_command_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except MedbenchError as error:
+        print(f"medbench: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

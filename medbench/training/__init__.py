@@ -1,0 +1,1 @@
+"""Training: loop, losses, schedule, checkpoints, evaluation and the run pipeline."""

@@ -1,0 +1,186 @@
+"""One training run, end to end: data, model, fit, final evaluation, MLflow records."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medbench import tracking
+from medbench.config import TrainConfig
+from medbench.data import NORMALIZATION, PreparedDataset, SegmentationDataset, augmentation, prepare_dataset
+from medbench.models import create_model, get_model_info
+from medbench.training.evaluate import Evaluation, evaluate
+from medbench.training.losses import SegmentationLoss
+from medbench.training.loop import fit
+from medbench.visualize import save_prediction_grid
+
+__all__ = ["TrainResult", "output_dir", "registered_model_name", "seed_everything", "train"]
+
+log = logging.getLogger(__name__)
+
+# Samples drawn in the predictions PNG: the worst by Dice and the first in id order.
+PREVIEW_WORST = 4
+PREVIEW_FIRST = 4
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    metrics: dict[str, float]
+    model_version: str | None
+    checkpoint: Path
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def registered_model_name(dataset: str, model: str) -> str:
+    return f"medbench-{dataset}-{model}"
+
+
+def output_dir() -> Path:
+    """Local folder for checkpoints and reports: `MEDBENCH_OUTPUT_DIR`, else `./outputs`."""
+    return Path(os.environ.get("MEDBENCH_OUTPUT_DIR", "outputs")).expanduser()
+
+
+def _loaders(config: TrainConfig, prepared: PreparedDataset) -> tuple[DataLoader, DataLoader]:
+    train_indices, val_indices = prepared.fold_indices(config.fold)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_set = SegmentationDataset(prepared, train_indices, augmentation("default", config.seed))
+    val_set = SegmentationDataset(prepared, val_indices)
+    common = {"num_workers": config.num_workers, "pin_memory": torch.cuda.is_available()}
+    return (
+        DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(train_set) > config.batch_size,
+                   generator=generator, **common),
+        DataLoader(val_set, batch_size=config.batch_size, shuffle=False, **common),
+    )
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train `config.model` on fold `config.fold` of `config.dataset` and record it in MLflow.
+
+    The run holds the configuration as params, per-epoch metrics, the final `test/...`
+    metrics of the best checkpoint on the held-out fold (with HD95), the checkpoint, the
+    splits, a per-image metrics CSV, a predictions PNG and the model, registered as
+    `medbench-<dataset>-<model>` when `config.register` is set.
+    """
+    info = get_model_info(config.model)
+    seed_everything(config.seed, config.deterministic)
+    device = resolve_device(config.device)
+    amp = config.amp and info.allow_amp and device.type == "cuda"
+
+    prepared = prepare_dataset(
+        config.dataset, config.data_dir, config.image_size, config.max_images, config.num_folds, config.split_seed
+    )
+    model = create_model(config.model, 3, prepared.num_classes, pretrained=config.pretrained, weights=config.weights)
+    train_loader, val_loader = _loaders(config, prepared)
+    loss_fn = SegmentationLoss(prepared.num_classes)
+    tags = {
+        "model": config.model,
+        "family": info.family,
+        "dataset": config.dataset,
+        "fold": config.fold,
+        "seed": config.seed,
+        "preset": config.preset,
+        "code_version": tracking.code_version(),
+    }
+
+    with tracking.start_run(config.experiment, config.run_name, tags) as run:
+        run.log_params(config.as_params())
+        run.log_params({
+            "num_classes": prepared.num_classes,
+            "class_names": ",".join(prepared.class_names),
+            "train_images": len(train_loader.dataset),
+            "val_images": len(val_loader.dataset),
+            "prepared_dataset": prepared.path.name,
+            "augmentation": "default",
+            "normalization_mean": NORMALIZATION["mean"],
+            "normalization_std": NORMALIZATION["std"],
+            "device_used": str(device),
+            "amp_used": amp,
+            "params_measured": sum(p.numel() for p in model.parameters()),
+        })
+        run.log_artifact(prepared.path / "splits.json", "data")
+        checkpoint_dir = output_dir() / config.run_name / run.run_id
+        extra = {
+            "config": dataclasses.asdict(config),
+            "model_name": config.model,
+            "in_channels": 3,
+            "num_classes": prepared.num_classes,
+            "class_names": prepared.class_names,
+            "normalization": {k: list(v) for k, v in NORMALIZATION.items()},
+            "code_version": tags["code_version"],
+        }
+        result = fit(
+            model, train_loader, val_loader, loss_fn,
+            epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+            patience=config.patience, min_delta=config.min_delta, device=device, amp=amp,
+            class_names=prepared.class_names, checkpoint_dir=checkpoint_dir, checkpoint_extra=extra,
+            log_metrics=lambda metrics, epoch: run.log_metrics(metrics, step=epoch),
+        )
+        run.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
+        run.log_artifact(result.best_checkpoint, "checkpoints")
+
+        # final evaluation of the best checkpoint on the held-out fold
+        final = evaluate(model, val_loader, prepared.num_classes, prepared.class_names, device, loss_fn, amp,
+                         with_hd95=True)
+        scores = {f"test/{k}": v for k, v in final.summary().items()}
+        run.log_metrics(scores)
+        _log_reports(run, final, prepared)
+
+        version = run.log_model(
+            model, 3, prepared.num_classes,
+            registered_model_name(config.dataset, config.model) if config.register else None,
+            metadata={"class_names": prepared.class_names, "image_size": config.image_size,
+                      "normalization": extra["normalization"], "run_name": config.run_name},
+        )
+        return TrainResult(run.run_id, scores, version, result.best_checkpoint)
+
+
+def _log_reports(run: tracking.RunLogger, final: Evaluation, prepared: PreparedDataset) -> None:
+    """Log the per-image metrics CSV and the predictions PNG."""
+    rows = final.per_image(prepared.ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path = Path(tmp) / "per_image_metrics.csv"
+        with open(csv_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        run.log_artifact(csv_path, "metrics")
+
+        dice_per_image = np.array([r["dice"] for r in rows], dtype=np.float64)
+        order = np.argsort(np.nan_to_num(dice_per_image, nan=np.inf))
+        chosen = list(dict.fromkeys([*order[:PREVIEW_WORST].tolist(), *range(min(PREVIEW_FIRST, len(rows)))]))
+        images, masks = prepared.images, prepared.masks
+        png = save_prediction_grid(
+            Path(tmp) / "predictions.png",
+            images=[np.asarray(images[final.indices[i]]) for i in chosen],
+            targets=[np.asarray(masks[final.indices[i]]) for i in chosen],
+            predictions=[final.predictions[i] for i in chosen],
+            titles=[f"{rows[i]['id']}  Dice {rows[i]['dice']:.3f}" for i in chosen],
+            class_names=prepared.class_names,
+        )
+        run.log_artifact(png, "predictions")
