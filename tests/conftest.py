@@ -33,3 +33,78 @@ def data_root() -> Path:
             pytest.fail("MEDBENCH_DATA_DIR must point at the real datasets in CI.")
         pytest.skip("MEDBENCH_DATA_DIR does not point at the real datasets.")
     return root
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One prepared-data cache for the whole session, so tests reuse prepared datasets."""
+    return tmp_path_factory.mktemp("medbench-cache")
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch, cache_dir) -> str:
+    """A fresh SQLite tracking store and output folder for one test."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MEDBENCH_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("MEDBENCH_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch, cache_dir):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact folder."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
+    log_path = tmp_path / "mlflow-server.log"
+    with open(log_path, "w") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server",
+             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+             "--artifacts-destination", str(tmp_path / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2):
+                break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"mlflow server did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MEDBENCH_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("MEDBENCH_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield uri
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()

@@ -82,7 +82,7 @@ def _loaders(config: TrainConfig, prepared: PreparedDataset) -> tuple[DataLoader
 def train(config: TrainConfig) -> TrainResult:
     """Train `config.model` on fold `config.fold` of `config.dataset` and record it in MLflow.
 
-    The run holds the configuration as params, per-epoch metrics, the final `test/...`
+    The run holds the resolved configuration as `config.<field>` params, per-epoch metrics, the final `test/...`
     metrics of the best checkpoint on the held-out fold (with HD95), the checkpoint, the
     splits, a per-image metrics CSV, a predictions PNG and the model, registered as
     `medbench-<dataset>-<model>` when `config.register` is set.
@@ -109,7 +109,9 @@ def train(config: TrainConfig) -> TrainResult:
     }
 
     with tracking.start_run(config.experiment, config.run_name, tags) as run:
-        run.log_params(config.as_params())
+        # Resolved values under `config.<field>`: under `mlflow run`, MLflow Projects has
+        # already logged the raw parameters (empty for "use the preset") under the plain names.
+        run.log_params({f"config.{k}": v for k, v in config.as_params().items()})
         run.log_params({
             "num_classes": prepared.num_classes,
             "class_names": ",".join(prepared.class_names),
