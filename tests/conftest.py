@@ -41,11 +41,27 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("medbench-cache")
 
 
+def reset_mlflow_state() -> None:
+    """Forget the active run and experiment of earlier tests.
+
+    `mlflow.set_experiment` stores the experiment id in a module global and in the
+    `MLFLOW_EXPERIMENT_ID` environment variable, which would leak into the next test's
+    store and into `mlflow run` subprocesses.
+    """
+    import mlflow
+    from mlflow.tracking import fluent
+
+    while mlflow.active_run():
+        mlflow.end_run()
+    fluent._active_experiment_id = None
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        os.environ.pop(name, None)
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch, cache_dir) -> str:
     """A fresh SQLite tracking store and output folder for one test."""
-    import mlflow
-
+    reset_mlflow_state()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -54,8 +70,7 @@ def mlflow_store(tmp_path, monkeypatch, cache_dir) -> str:
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.chdir(tmp_path)
     yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
+    reset_mlflow_state()
 
 
 def _free_port() -> int:
@@ -74,6 +89,7 @@ def mlflow_server(tmp_path, monkeypatch, cache_dir):
     import time
     import urllib.request
 
+    reset_mlflow_state()
     port = _free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
     log_path = tmp_path / "mlflow-server.log"
@@ -103,6 +119,7 @@ def mlflow_server(tmp_path, monkeypatch, cache_dir):
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.chdir(tmp_path)
     yield uri
+    reset_mlflow_state()
     server.terminate()
     try:
         server.wait(timeout=20)
