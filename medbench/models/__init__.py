@@ -1,6 +1,6 @@
 """Segmentation models behind one registry. Importing this package registers them all."""
 
-from medbench.models import segformer, swinunet, ukan, unet  # noqa: F401  (registration)
+from medbench.models import hiformer, segformer, swin_umamba, swinunet, ukan, unet  # noqa: F401  (registration)
 from medbench.models.registry import (
     FAMILIES,
     ModelInfo,
