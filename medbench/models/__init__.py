@@ -1,6 +1,16 @@
 """Segmentation models behind one registry. Importing this package registers them all."""
 
-from medbench.models import hiformer, segformer, swin_umamba, swinunet, ukan, unet  # noqa: F401  (registration)
+from medbench.models import (  # noqa: F401  (registration)
+    attention_unet,
+    hiformer,
+    segformer,
+    swin_umamba,
+    swinunet,
+    transunet,
+    ukan,
+    unet,
+    unetplusplus,
+)
 from medbench.models.registry import (
     FAMILIES,
     ModelInfo,
