@@ -3,6 +3,7 @@
 from medbench.models import (  # noqa: F401  (registration)
     attention_unet,
     hiformer,
+    missformer,
     segformer,
     swin_umamba,
     swinunet,
