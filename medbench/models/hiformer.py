@@ -59,8 +59,8 @@ class CrossAttention(nn.Module):
 class ClassTokenExchange(nn.Module):
     """Project a class token to another level's width, attend there, and project it back.
 
-    `forward(cls, other)` returns the updated class token (B, 1, dim) given the other
-    level's tokens (B, 1 + N, other_dim); the first token of `other` is replaced.
+    `forward(cls, other)` returns the updated class token (B, 1, dim). The projected token
+    takes the place of the first token of `other`, the other level's (B, 1 + N, other_dim).
     """
 
     def __init__(self, dim: int, other_dim: int, num_heads: int) -> None:

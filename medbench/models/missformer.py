@@ -10,7 +10,7 @@ GELU and a linear projection back.
 
 Enhanced Transformer Context Bridge: the four encoder outputs are flattened and cut into
 64-channel tokens, concatenated into one sequence and passed through transformer layers
-whose attention sees all scales at once (keys and values reduced per scale as in the
+whose attention spans all scales at once (keys and values reduced per scale as in the
 encoder). The feed-forward part is split again by scale, with one Enhanced Mix-FFN per
 scale at its own width.
 
@@ -38,8 +38,8 @@ class EfficientAttention(nn.Module):
     """Multi-head attention whose keys and values come from a spatially reduced map.
 
     `forward(queries, key_maps)` takes queries (B, N, dim) and a list of (B, C_i, H_i, W_i)
-    maps; each map is reduced by a strided convolution (its own ratio) and cut into
-    `dim`-wide tokens, and all tokens of all maps serve as keys and values.
+    maps. Each map is reduced by a strided convolution with its own ratio and cut into
+    `dim`-wide tokens. The tokens of all maps together are the keys and values.
     """
 
     def __init__(self, dim: int, num_heads: int, map_channels: tuple[int, ...], ratios: tuple[int, ...]) -> None:

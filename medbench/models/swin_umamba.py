@@ -3,10 +3,10 @@ Pretraining", MICCAI 2024, arXiv 2402.03302).
 
 The encoder is VMamba-Tiny (Liu et al., "VMamba: Visual State Space Model", arXiv
 2401.10166; widths 96-768, depths 2-2-9-2): each block applies layer normalization and a
-2D selective-scan module (SS2D) with a residual connection. SS2D projects the tokens,
-mixes neighbours with a 3x3 depthwise convolution, then runs a selective scan along four
-paths through the feature map (row by row, column by column, and both reversed), sums the
-four outputs and gates them with a SiLU branch. Patch merging halves the resolution
+2D selective-scan module (SS2D) with a residual connection. SS2D projects the tokens and
+mixes neighbours with a 3x3 depthwise convolution. It then runs a selective scan along
+four paths through the feature map (row by row, column by column, and both reversed),
+sums the four outputs and gates them with a SiLU branch. Patch merging halves the resolution
 between stages.
 
 Swin-UMamba puts a 7x7 stride-2 convolution stem (48 channels) in front of VMamba, whose
@@ -62,7 +62,7 @@ class SS2D(nn.Module):
         self.dt_projs_weight = nn.Parameter(
             torch.empty(NUM_SCAN_PATHS, inner, self.dt_rank).uniform_(-self.dt_rank**-0.5, self.dt_rank**-0.5)
         )
-        # Initial steps log-uniform in [dt_min, dt_max]; the bias is their softplus inverse.
+        # Initial steps are log-uniform in [dt_min, dt_max], so the bias is their softplus inverse.
         dt = torch.exp(
             torch.rand(NUM_SCAN_PATHS, inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         )
@@ -198,9 +198,9 @@ class SwinUMamba(nn.Module):
     Args:
         in_channels: input image channels.
         num_classes: output channels K.
-        feature_sizes: widths of the stem and of the four encoder stages (48 and VMamba-Tiny's
-            96, 192, 384, 768); the skip connections at 1/1 to 1/16 of the input have
-            the same widths.
+        feature_sizes: widths of the stem and of the four encoder stages (48 and
+            VMamba-Tiny's 96, 192, 384, 768). The skip connections at 1/1 to 1/16 of the
+            input have the same widths.
         depths: VSS blocks per encoder stage (default 2-2-9-2, VMamba-Tiny).
         d_state: state size of the selective scans (default 16).
         drop_path_rate: stochastic depth of the encoder (default 0.2).

@@ -1,10 +1,10 @@
 """TransUNet (Chen et al., "TransUNet: Transformers Make Strong Encoders for Medical Image
 Segmentation", arXiv 2102.04306, 2021), R50-ViT-B/16 hybrid.
 
-The encoder is timm's `vit_base_r50_s16_224`: a ResNet-50-v2 trunk (stem and three stages,
-group normalization and weight-standardized convolutions) reduces the image to 1/16, a
-1x1 convolution embeds each position as a token, and twelve ViT-B blocks (width 768)
-attend over all tokens. Like TransUNet, the model has no class token. The cascaded
+The encoder is timm's `vit_base_r50_s16_224`. A ResNet-50-v2 trunk (stem and three
+stages, group normalization and weight-standardized convolutions) reduces the image to
+1/16. A 1x1 convolution embeds each position as a token, and twelve ViT-B blocks (width
+768) attend over all tokens. Like TransUNet, the model has no class token. The cascaded
 upsampler decoder reshapes the tokens to a 1/16 feature map, applies a 3x3 convolution
 to 512 channels, then four times upsamples by 2, concatenates the ResNet features of the
 same resolution (1/8, 1/4, 1/2; none at full resolution) and applies two 3x3
@@ -128,8 +128,8 @@ def _vit_r50_to_transunet(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
 @register_model(
     family="peer",
     published_params_m=105.3,
-    # NOTE: the count was not checked against the paper offline; it is the figure usually
-    # quoted for R50-ViT-B/16 TransUNet at 224x224 and matches this model's own count.
+    # NOTE: the count was not checked against the paper offline. It is the figure usually
+    # quoted for R50-ViT-B/16 TransUNet at 224x224, and this model counts 105.28 M.
     params_source="Chen et al., TransUNet, arXiv 2102.04306 (2021), R50-ViT-B/16",
     default_input_size=224,
     gradcam_layer="decoder.3",

@@ -3,9 +3,9 @@ Generation", AAAI 2025, arXiv 2406.02918), large variant, trained from scratch.
 
 Three convolutional encoder stages (two 3x3 convolutions with batch normalization and ReLU,
 then 2x2 max pooling) reduce the image to 1/8 at `embed_dims[0]` channels. Two tokenized KAN
-stages follow: an overlapping 3x3 stride-2 patch embedding, then a KAN block whose token
-mixer is three KAN layers, each followed by a 3x3 depthwise convolution with batch
-normalization and ReLU, with a residual connection around the block. The decoder mirrors
+stages follow, each an overlapping 3x3 stride-2 patch embedding and a KAN block. The
+block's token mixer is three KAN layers, each followed by a 3x3 depthwise convolution
+with batch normalization and ReLU, and a residual connection spans the block. The decoder mirrors
 this with KAN blocks at the two deepest levels and convolution stages above, adds (not
 concatenates) the skip connections and upsamples bilinearly. With embed_dims
 (256, 320, 512) the model has about 25 M parameters. KAN layers are `KANLinear`: cubic
@@ -104,9 +104,9 @@ class UKAN(nn.Module):
     Args:
         in_channels: input image channels.
         num_classes: output channels K.
-        embed_dims: widths of the last convolutional stage and the two tokenized KAN stages;
-            the first two convolutional stages have embed_dims[0] / 8 and / 4 channels.
-            (256, 320, 512) is the large variant.
+        embed_dims: widths of the last convolutional stage and the two tokenized KAN
+            stages. The first two convolutional stages have embed_dims[0] / 8 and / 4
+            channels. (256, 320, 512) is the large variant.
         drop_path_rate: stochastic depth of the KAN blocks (default 0.1).
     """
 

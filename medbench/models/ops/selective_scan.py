@@ -65,7 +65,7 @@ def _prefix_scan(log_decay: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.T
     length = log_decay.shape[0]
     offset = 1
     while offset < length:
-        # Compose each element's affine map with the one `offset` steps earlier; the first
+        # Compose each element's affine map with the one `offset` steps earlier. The first
         # `offset` elements have no predecessor at this distance and stay as they are.
         carried = _decay_factor(log_decay[offset:]) * inputs[:-offset]
         inputs = torch.cat([inputs[:offset], inputs[offset:] + carried])
