@@ -44,6 +44,13 @@ def test_local_weights_loaded(name, tmp_path):
 def test_offline_download_error_names_file(name, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline_download(url, *args, **kwargs):
+        raise OSError(f"no network in tests: {url}")
+
+    # URL sources go through the torch hub, which HF_HUB_OFFLINE does not stop.
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline_download)
     source = get_model_info(name).pretrained
     with pytest.raises(MedbenchError, match="--weights") as error:
         fetch_weights(source)

@@ -1,6 +1,17 @@
 """Segmentation models behind one registry. Importing this package registers them all."""
 
-from medbench.models import segformer, swinunet, unet  # noqa: F401  (registration)
+from medbench.models import (  # noqa: F401  (registration)
+    attention_unet,
+    hiformer,
+    missformer,
+    segformer,
+    swin_umamba,
+    swinunet,
+    transunet,
+    ukan,
+    unet,
+    unetplusplus,
+)
 from medbench.models.registry import (
     FAMILIES,
     ModelInfo,

@@ -1,0 +1,1 @@
+"""Pure-PyTorch operators that some architectures need and PyTorch lacks."""
