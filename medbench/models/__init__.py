@@ -1,6 +1,12 @@
 """Segmentation models behind one registry. Importing this package registers them all."""
 
-from medbench.models import segformer, swinunet, unet  # noqa: F401  (registration)
+from medbench.models import (  # noqa: F401  (registration)
+    deeplabv3plus,
+    segformer,
+    swinunet,
+    unet,
+    upernet,
+)
 from medbench.models.registry import (
     FAMILIES,
     ModelInfo,
