@@ -2,6 +2,7 @@
 
 from medbench.models import (  # noqa: F401  (registration)
     deeplabv3plus,
+    internimage,
     segformer,
     swinunet,
     unet,

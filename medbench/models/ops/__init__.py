@@ -1,0 +1,1 @@
+"""Operators of GP-VM backbones that upstream ships as CUDA kernels, written in PyTorch."""
