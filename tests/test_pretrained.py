@@ -55,6 +55,12 @@ def test_local_weights_loaded(name, tmp_path):
 def test_offline_download_error_names_file(name, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, *args, **kwargs):
+        raise OSError(f"network disabled in tests: {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     source = get_model_info(name).pretrained
     with pytest.raises(MedbenchError, match="--weights") as error:
         fetch_weights(source)

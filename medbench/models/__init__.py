@@ -3,6 +3,7 @@
 from medbench.models import (  # noqa: F401  (registration)
     deeplabv3plus,
     internimage,
+    segnext,
     segformer,
     swinunet,
     unet,
