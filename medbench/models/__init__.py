@@ -4,6 +4,7 @@ from medbench.models import (  # noqa: F401  (registration)
     deeplabv3plus,
     internimage,
     segnext,
+    transnext,
     segformer,
     swinunet,
     unet,
