@@ -135,7 +135,7 @@ def test_length_scaled_attention_matches_naive():
 
 def test_local_window_mask_counts_corners():
     invalid, count = local_window_mask(3, 4, 3)
-    assert count[0].item() == 4  # corner pixel sees a 2 x 2 window
+    assert count[0].item() == 4  # a corner pixel's window covers 2 x 2 pixels
     assert count[5].item() == 9  # interior pixel (1, 1)
     assert invalid[0].tolist() == [True, True, True, True, False, False, True, False, False]
 

@@ -9,6 +9,7 @@ from medbench.models import (  # noqa: F401  (registration)
     swinunet,
     unet,
     upernet,
+    vwformer,
 )
 from medbench.models.registry import (
     FAMILIES,

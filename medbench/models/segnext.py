@@ -287,7 +287,7 @@ class SegNeXt(nn.Module):
     default_input_size=512,
     gradcam_layer="head.align",
     # NOTE: the 8 hex digits in the file name are the start of its SHA-256 (OpenMMLab's
-    # naming); the full checksum could not be looked up offline, so it is not verified.
+    # naming). The full checksum could not be looked up offline, so it is not verified.
     pretrained=PretrainedSource(
         description="MSCAN-L ImageNet-1k (mmsegmentation mscan_l_20230227-cef260d4.pth)",
         url="https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/segnext/mscan_l_20230227-cef260d4.pth",

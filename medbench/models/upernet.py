@@ -1,8 +1,8 @@
 """UPerNet (Xiao et al., "Unified Perceptual Parsing for Scene Understanding", ECCV 2018).
 
-`UPerHead` is the decoder shared by the InternImage and TransNeXt models: a pyramid
-pooling module (PPM, bins 1, 2, 3 and 6) on the stride-32 feature, a top-down FPN over
-the stride-4 to stride-16 features, and a 3x3 fusion of all levels at stride 4. It wraps
+`UPerHead` is the decoder shared by the InternImage and TransNeXt models. It runs a pyramid
+pooling module (PPM, bins 1, 2, 3 and 6) on the stride-32 feature and a top-down FPN over
+the stride-4 to stride-16 features, then fuses all levels at stride 4 with a 3x3 convolution. It wraps
 smp's `UPerNetDecoder`, which also puts a LayerNorm on every input feature. The 512-channel
 width is the one of the mmsegmentation UperNet configs behind the published counts.
 

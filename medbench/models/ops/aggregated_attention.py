@@ -5,8 +5,8 @@ Every query attends, in one softmax, to two key sets: the k x k sliding window a
 own pixel (fine, local) and the tokens of an average-pooled copy of the feature map
 (coarse, global). Logits are cosine similarities of L2-normalized queries and keys, with
 a learnable query embedding added to the normalized query and a per-head temperature
-(softplus) times the log of the number of keys the query sees (length scaling, so the
-sharpness of the softmax does not depend on the image size). Local logits get a learned
+(softplus) times the log of the number of keys of the query. This length scaling keeps
+the sharpness of the softmax independent of the image size. Local logits get a learned
 bias per window position; pooled logits get a continuous relative-position bias from a
 small MLP on log-spaced coordinate offsets. The local branch also aggregates values with
 query-dependent learnable weights (query x learnable tokens + learnable bias) added to its
@@ -38,7 +38,7 @@ def relative_position_table(
 
     A key cell's coordinate is the mean of the query coordinates it pools. Offsets are
     divided by `pretrain_size - 1` and multiplied by 8, then mapped to
-    sign(d) * log2(1 + |d|) / 3. `table` (U, 2) holds the distinct (dy, dx) pairs and
+    sign(d) * log2(1 + |d|) / 3. `table` (U, 2) contains the distinct (dy, dx) pairs and
     `index` (Nq * Nk,) points every query-key pair into it, so the bias MLP runs on U rows only.
     """
     axes = []

@@ -11,9 +11,9 @@ Conventions (those of the official operator, so that checkpoints transfer):
 - tensors are channels-last: input (N, H, W, C), offset (N, H', W', G*K*2),
   mask (N, H', W', G*K);
 - kernel points are ordered x-major (point p = ix * k + iy) and every offset pair is (dx, dy);
-- a pixel's centre is at (index + 0.5); the reference point of output (i, j) is the
-  centre of its k x k window in the padded input, and the sampling location is
-  reference + offset_scale * (grid point + offset), in pixels.
+- a pixel's centre is at (index + 0.5). The reference point of output (i, j) is the
+  centre of its k x k window in the padded input. The sampling location, in pixels, is
+  reference + offset_scale * (grid point + offset).
 
 `dcnv3` calls the compiled `DCNv3` extension of the InternImage repository when it is
 importable and the tensors are on a GPU, else the pure-PyTorch path `dcnv3_pytorch`.
