@@ -13,18 +13,27 @@ from medbench.models.pretrained import fetch_weights, load_pretrained
 PRETRAINED = [n for n in list_models() if get_model_info(n).pretrained is not None]
 
 
+def _upstream_candidates(key: str) -> list[str]:
+    """Return `key` without each of its leading dotted prefixes (`a.b.c` gives `b.c`, `c`)."""
+    parts = key.split(".")
+    return [".".join(parts[i:]) for i in range(1, len(parts))]
+
+
 def _encoder_file(name: str, tmp_path, fill: float) -> tuple[str, dict]:
-    """Write a weight file in the upstream key layout, by inverting the registry key map."""
+    """Write a weight file in the upstream key layout, by inverting the registry key map.
+
+    Each model key is probed with every suffix left after dropping leading dotted prefixes
+    (`encoder.`, `net.encoder.`, `encoder.model.`, ...): a suffix is an upstream name when the
+    key map sends it back to that model key.
+    """
     model = create_model(name)
     source = get_model_info(name).pretrained
-    # Recover the upstream names by mapping a probe of every model key.
     upstream = {}
     for key, value in model.state_dict().items():
-        for prefix in ("encoder.", "net.encoder."):
-            if key.startswith(prefix):
-                candidate = key[len(prefix):]
-                if source.key_map({candidate: value}).get(key) is not None:
-                    upstream[candidate] = torch.full_like(value, fill)
+        for candidate in _upstream_candidates(key):
+            if source.key_map({candidate: value}).get(key) is not None:
+                upstream[candidate] = torch.full_like(value, fill)
+                break
     path = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in upstream.items()}, str(path))
     return str(path), upstream
@@ -37,7 +46,9 @@ def test_local_weights_loaded(name, tmp_path):
     model = create_model(name, weights=path)
     state = model.state_dict()
     loaded = [k for k in state if torch.is_floating_point(state[k]) and torch.all(state[k] == 0.125)]
-    assert len(loaded) >= len(upstream) * 0.9
+    # Integer buffers (BatchNorm's num_batches_tracked) cannot hold the fill value.
+    floating = [k for k, v in upstream.items() if torch.is_floating_point(v)]
+    assert len(loaded) >= len(floating) * 0.9
 
 
 @pytest.mark.parametrize("name", PRETRAINED)

@@ -2,15 +2,21 @@
 
 from medbench.models import (  # noqa: F401  (registration)
     attention_unet,
+    deeplabv3plus,
     hiformer,
+    internimage,
     missformer,
     segformer,
+    segnext,
     swin_umamba,
     swinunet,
+    transnext,
     transunet,
     ukan,
     unet,
     unetplusplus,
+    upernet,
+    vwformer,
 )
 from medbench.models.registry import (
     FAMILIES,

@@ -8,15 +8,13 @@ which gives the published 47.3 M parameters; smp's default decoder width of 256 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import segmentation_models_pytorch as smp
 import torch
-from segmentation_models_pytorch.encoders import encoders as smp_encoders
 from torch import nn
 
+from medbench.models.encoders import smp_encoder_source
 from medbench.models.layers import pad_to_multiple
-from medbench.models.registry import PretrainedSource, register_model
+from medbench.models.registry import register_model
 
 __all__ = ["SegFormer"]
 
@@ -52,29 +50,13 @@ class SegFormer(nn.Module):
         return self.net(x)[..., :h, :w]
 
 
-def _smp_encoder_source(encoder_name: str, description: str) -> PretrainedSource:
-    # smp pins every encoder checkpoint to a hub commit; reuse its pin.
-    hub = smp_encoders[encoder_name]["pretrained_settings"]["imagenet"]
-
-    def key_map(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {f"net.encoder.{k}": v for k, v in state.items()}
-
-    return PretrainedSource(
-        description=description,
-        hub_id=hub["repo_id"],
-        filename="model.safetensors",
-        revision=hub["revision"],
-        key_map=key_map,
-    )
-
-
 @register_model(
     family="GP-VM",
     published_params_m=47.0,
     params_source="Borst and Kounev, arXiv 2603.13044 (2026), model table; Xie et al. 2021 report 47.3",
     default_input_size=512,
     gradcam_layer="net.decoder.fuse_stage",
-    pretrained=_smp_encoder_source("mit_b3", "MiT-B3 ImageNet-1k (smp-hub/mit_b3.imagenet)"),
+    pretrained=smp_encoder_source("mit_b3", "MiT-B3 ImageNet-1k (smp-hub/mit_b3.imagenet)", "net.encoder."),
 )
 def segformer_b3(in_channels: int, num_classes: int, **overrides) -> nn.Module:
     return SegFormer(in_channels, num_classes, **overrides)

@@ -1,1 +1,1 @@
-"""Pure-PyTorch operators that some architectures need and PyTorch lacks."""
+"""Pure-PyTorch versions of operators that upstream ships as CUDA kernels, and other operators PyTorch lacks."""
