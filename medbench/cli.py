@@ -85,16 +85,27 @@ def _command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_models(args: argparse.Namespace) -> int:
+def _count_parameters(name: str) -> int:
+    """Parameters of model `name` for 2 classes, built without memory where the model allows it."""
     import torch
 
-    from medbench.models import create_model, get_model_info, list_models
+    from medbench.models import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(name, in_channels=3, num_classes=2)
+    except (NotImplementedError, RuntimeError):
+        # Some constructors compute values from tensors (drop-path rates), which meta tensors lack.
+        model = create_model(name, in_channels=3, num_classes=2)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _command_models(args: argparse.Namespace) -> int:
+    from medbench.models import get_model_info, list_models
 
     for name in list_models(args.family):
         info = get_model_info(name)
-        with torch.device("meta"):
-            model = create_model(name, in_channels=3, num_classes=2)
-        measured = sum(p.numel() for p in model.parameters())
+        measured = _count_parameters(name)
         record = {
             "name": name,
             "family": info.family,

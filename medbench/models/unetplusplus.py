@@ -15,7 +15,7 @@ from torch import nn
 
 from medbench.models.layers import pad_to_multiple
 from medbench.models.registry import register_model
-from medbench.models.segformer import _smp_encoder_source
+from medbench.models.encoders import smp_encoder_source
 
 __all__ = ["UNetPlusPlus"]
 
@@ -58,7 +58,7 @@ class UNetPlusPlus(nn.Module):
     "2 classes (counted); architecture of Zhou et al., DLMIA 2018",
     default_input_size=256,
     gradcam_layer="net.decoder",
-    pretrained=_smp_encoder_source("resnet34", "ResNet-34 ImageNet-1k (smp-hub/resnet34.imagenet)"),
+    pretrained=smp_encoder_source("resnet34", "ResNet-34 ImageNet-1k (smp-hub/resnet34.imagenet)", "net.encoder."),
 )
 def unetplusplus(in_channels: int, num_classes: int, **overrides) -> nn.Module:
     return UNetPlusPlus(in_channels, num_classes, **overrides)
