@@ -13,9 +13,11 @@ from medbench.errors import MedbenchError
 
 __all__ = ["MAX_IMAGE_PIXELS", "exif_orientation", "file_sha256", "read_image", "read_mask_pixels", "read_volume"]
 
-# Largest image accepted, in pixels (about 16k x 16k). Pillow's own limit warns at 89 M
-# pixels and raises at twice that; medbench raises at this limit with a named file.
-MAX_IMAGE_PIXELS = 16384 * 16384
+# Largest image accepted, in pixels: Pillow's default limit (89,478,485, about 9.5k x
+# 9.5k; Pillow 11). Pillow only warns up to twice that, so medbench checks it itself and
+# names the file; beyond twice it Pillow raises DecompressionBombError, reported the same way.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+BOMB_ADVICE = "(a decompression bomb or a wrong file). Downscale it or remove it from the dataset."
 ORIENTATION_TAG = 0x0112  # EXIF "Orientation"
 
 
@@ -30,8 +32,7 @@ def file_sha256(path: Path) -> str:
 def _check_pixel_count(path: Path, width: int, height: int) -> None:
     if width * height > MAX_IMAGE_PIXELS:
         raise MedbenchError(
-            f"Image {path} has {width}x{height} pixels, over the limit of {MAX_IMAGE_PIXELS} "
-            "(a decompression bomb or a wrong file). Downscale it or remove it from the dataset."
+            f"Image {path} has {width}x{height} pixels, over the limit of {MAX_IMAGE_PIXELS} {BOMB_ADVICE}"
         )
 
 
@@ -40,12 +41,13 @@ def _open(path: Path) -> Image.Image:
         raise MedbenchError(f"File {path} does not exist.")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, with the file name
             image = Image.open(path)
             _check_pixel_count(path, *image.size)
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
+        raise MedbenchError(f"Image {path} is over the limit of {MAX_IMAGE_PIXELS} pixels: {error} {BOMB_ADVICE}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise MedbenchError(
             f"Cannot read image {path}: {error}. Replace the file with a valid image or remove it "
             "together with its mask."
