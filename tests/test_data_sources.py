@@ -89,7 +89,8 @@ def test_duplicate_detection_cases():
     kept, removed = find_duplicates(ids, checksums, ids, hashes)
     assert kept == ["a", "d"]
     assert removed[0] == {"id": "b", "kept": "a", "reason": "identical bytes", "distance": 0}
-    assert removed[1]["id"] == "c" and removed[1]["kept"] == "a"
+    assert removed[1]["id"] == "c"
+    assert removed[1]["kept"] == "a"
     assert removed[1]["reason"] == "perceptual hash"
     assert removed[1]["distance"] <= NEAR_DUPLICATE_DISTANCE
 
@@ -106,7 +107,8 @@ def test_duplicates_within_group_kept():
     image = smooth_image(3, (120, 160))
     hashes = [perceptual_hash(image), perceptual_hash(reencoded_resized(image))]
     kept, removed = find_duplicates(["p1_ED", "p1_ES"], ["x", "y"], ["p1", "p1"], hashes)
-    assert kept == ["p1_ED", "p1_ES"] and removed == []
+    assert kept == ["p1_ED", "p1_ES"]
+    assert removed == []
 
 
 def test_prepare_lists_duplicates_in_manifest(tmp_path):
@@ -119,8 +121,10 @@ def test_prepare_lists_duplicates_in_manifest(tmp_path):
     prepared = prepare_dataset("neopolyp_small", data_dir=folder, image_size=32, num_folds=3, progress=False)
     removed = {d["id"]: d for d in prepared.manifest["duplicates"]}
     assert set(removed) == {"zcopy", "zsmall"}
-    assert removed["zcopy"]["kept"] == "case03" and removed["zcopy"]["reason"] == "identical bytes"
-    assert removed["zsmall"]["kept"] == "case05" and removed["zsmall"]["reason"] == "perceptual hash"
+    assert removed["zcopy"]["kept"] == "case03"
+    assert removed["zcopy"]["reason"] == "identical bytes"
+    assert removed["zsmall"]["kept"] == "case05"
+    assert removed["zsmall"]["reason"] == "perceptual hash"
     assert len(prepared.ids) == 12
     card = json.loads((prepared.path / "dataset_card.json").read_text())
     assert card["counts"]["duplicates_removed"] == 2

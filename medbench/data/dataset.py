@@ -70,7 +70,7 @@ def augmentation(name: str, seed: int) -> A.Compose | None:
 
 
 def describe_augmentation(name: str, seed: int) -> dict:
-    """The recipe `name` as albumentations' serialized dict (`A.to_dict`), for run records."""
+    """Serialize the recipe `name` with albumentations' `A.to_dict`, for run records."""
     transform = augmentation(name, seed)
     return {"name": name, "transform": None if transform is None else A.to_dict(transform)}
 

@@ -6,11 +6,12 @@ removed before any split. Exact copies are found by file checksum. Near-duplicat
 perceptual hash at `PHASH_SIZE` 16, a 256-bit hash of the grayscale image, compared by
 Hamming distance.
 
-`NEAR_DUPLICATE_DISTANCE` 36 of 256 bits was read off NeoPolyp-Small (1,000 images,
-`benchmarks/bench_data.py --duplicates` lists the pairs): a JPEG re-encoded at quality
-70 and resized by 0.9 lies 0-2 bits from its source, the same frame under another
-light mode 10-30 bits, consecutive frames of one polyp about 36 bits, and the closest
-pairs of different scenes 40 bits and more.
+`NEAR_DUPLICATE_DISTANCE` 36 of 256 bits was read off NeoPolyp-Small's 1,000 images
+(`benchmarks/bench_data.py --duplicates` counts the pairs per distance). There a JPEG
+re-encoded at quality 70 and resized by 0.9 lies 0-2 bits from its source, and the same
+frame under another light mode 10-30 bits. Consecutive frames of one polyp lie about 36
+bits apart, and the closest pairs of different scenes 40 bits and more.
+NOTE: checked by eye on NeoPolyp-Small only; other modalities may need another value.
 """
 
 from __future__ import annotations

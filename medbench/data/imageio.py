@@ -14,8 +14,8 @@ from medbench.errors import MedbenchError
 __all__ = ["MAX_IMAGE_PIXELS", "exif_orientation", "file_sha256", "read_image", "read_mask_pixels", "read_volume"]
 
 # Largest image accepted, in pixels: Pillow's default limit (89,478,485, about 9.5k x
-# 9.5k; Pillow 11). Pillow only warns up to twice that, so medbench checks it itself and
-# names the file; beyond twice it Pillow raises DecompressionBombError, reported the same way.
+# 9.5k, in Pillow 11). Pillow only warns up to twice that limit, so medbench checks it
+# itself and names the file. Beyond twice the limit Pillow raises DecompressionBombError.
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 BOMB_ADVICE = "(a decompression bomb or a wrong file). Downscale it or remove it from the dataset."
 ORIENTATION_TAG = 0x0112  # EXIF "Orientation"

@@ -102,7 +102,7 @@ class PreparedDataset:
         """Array indices of the inner training and inner validation ids of `fold`.
 
         Both are subsets of the fold's training ids, so early stopping on the inner
-        validation split never sees the fold's validation ids (the leakage-free protocol).
+        validation split never uses the fold's validation ids (the leakage-free protocol).
         """
         entry = self._fold(fold)
         return self._positions(entry["inner_train"]), self._positions(entry["inner_val"])
