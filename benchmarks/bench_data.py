@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -78,7 +77,7 @@ def child_iterate(path: str, mode: str) -> None:
     from medbench.data.prepare import _load
 
     prepared = _load(Path(path))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _status_mb("VmRSS")
     if mode == "in-memory":  # the peer: whole arrays read into memory
         images, masks = np.load(prepared.path / "images.npy"), np.load(prepared.path / "masks.npy")
         dataset = SegmentationDataset(prepared, range(len(prepared.ids)), augmentation(prepared.augmentation, 0))
@@ -89,13 +88,17 @@ def child_iterate(path: str, mode: str) -> None:
     checksum = 0.0
     for images_batch, masks_batch, _ in loader:
         checksum += float(masks_batch.float().mean())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # RssFile counts pages of the mapped files, which the kernel can drop and re-read;
-    # RssAnon is memory the process owns.
+    # VmHWM is the peak resident memory of this process image (ru_maxrss would include the
+    # parent's peak, which Linux keeps across exec). RssFile counts pages of mapped files,
+    # which the kernel can drop and read again. RssAnon is memory the process owns.
+    print(json.dumps({"mode": mode, "rss_after_imports_mb": before, "peak_rss_mb": _status_mb("VmHWM"),
+                      "batches": len(loader), "rss_anon_mb": _status_mb("RssAnon"),
+                      "rss_file_mb": _status_mb("RssFile")}))
+
+
+def _status_mb(field: str) -> float:
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    print(json.dumps({"mode": mode, "rss_after_imports_mb": before, "peak_rss_mb": peak, "batches": len(loader),
-                      "rss_anon_mb": int(status["RssAnon"].split()[0]) / 1024,
-                      "rss_file_mb": int(status["RssFile"].split()[0]) / 1024}))
+    return int(status[field].split()[0]) / 1024
 
 
 def bench_memory() -> dict:
