@@ -147,6 +147,43 @@ def _command_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `PrepareConfig`; unset ones (None) take the field's default."""
+    integer, real, text, boolean = _optional(int), _optional(float), _optional(str), _optional(parse_bool)
+    parser.add_argument("--dataset", required=True, help="dataset name (see `medbench datasets`)")
+    parser.add_argument("--data-dir", type=text, help="folder of this dataset; default <data root>/<dataset>")
+    parser.add_argument("--image-size", type=integer, help="square working resolution in pixels (default 512)")
+    parser.add_argument("--max-images", type=integer, help="keep the first N images after duplicate removal; 0 for all")
+    parser.add_argument("--num-folds", type=integer, help="number of cross-validation folds (default 5)")
+    parser.add_argument("--split-seed", type=integer, help="seed of the test, fold and inner-validation split (default 0)")
+    parser.add_argument("--split", type=text, help="kfold (default) or official (published subsets, ISIC 2018)")
+    parser.add_argument("--test-fraction", type=real, help="share held out as a test split before the folds (default 0)")
+    parser.add_argument("--inner-val-fraction", type=real, help="share of each fold's training ids for inner validation "
+                        "(default 0.1)")
+    parser.add_argument("--near-duplicate-distance", type=integer, help="largest perceptual-hash distance (of 256 bits) "
+                        "counted as a duplicate (default 36); negative for exact copies only")
+    parser.add_argument("--experiment", type=text, help="MLflow experiment of the dataset-card run (default medbench-data)")
+    parser.add_argument("--log-run", type=boolean, nargs="?", const=True, help="record the card in MLflow (default true)")
+
+
+def _command_prepare(args: argparse.Namespace) -> int:
+    from medbench.config import PrepareConfig
+    from medbench.preparing import prepare
+
+    fields = {f: getattr(args, f) for f in PrepareConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
+    if fields.get("max_images") == 0:
+        del fields["max_images"]
+    result = prepare(PrepareConfig(**fields))
+    counts = result.card["counts"]
+    shares = ", ".join(f"{name} {share:.2%}" for name, share in result.card["class_pixel_share"].items())
+    print(f"prepared {counts['prepared_images']} of {counts['source_images']} images "
+          f"({counts['duplicates_removed']} duplicates removed) at {result.prepared.path}")
+    print(f"class pixel shares: {shares}")
+    if result.run_id:
+        print(f"dataset card logged to run {result.run_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medbench", description="Benchmark medical and general-purpose segmentation models, tracked in MLflow."
@@ -157,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one model on one fold of one dataset")
     add_train_arguments(train)
     train.set_defaults(handler=_command_train)
+
+    prepare = commands.add_parser("prepare", help="prepare a dataset (duplicates, arrays, splits) and log its card")
+    add_prepare_arguments(prepare)
+    prepare.set_defaults(handler=_command_prepare)
 
     models = commands.add_parser("models", help="list registered models")
     models.add_argument("--family", choices=["SMA", "GP-VM", "peer"], help="only this family")

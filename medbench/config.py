@@ -10,9 +10,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from medbench.data.duplicates import NEAR_DUPLICATE_DISTANCE
 from medbench.errors import MedbenchError, unknown_name_error
 
-__all__ = ["PRESETS", "TrainConfig", "resolve_train_config"]
+__all__ = ["PRESETS", "PrepareConfig", "TrainConfig", "resolve_train_config"]
 
 
 # Protocol presets. `paper` follows Borst and Kounev (arXiv 2603.13044): 512x512 input,
@@ -148,3 +149,60 @@ def resolve_train_config(preset: str = "quick", **fields: Any) -> TrainConfig:
     if values.get("max_images") == 0:
         values["max_images"] = None
     return TrainConfig(preset=preset, **values)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything that defines one `medbench prepare` run.
+
+    Attributes:
+        dataset: dataset name (`medbench datasets`).
+        data_dir: folder of this one dataset; default `<data root>/<dataset>`.
+        image_size: side of the square working resolution in pixels.
+        max_images: keep only the first N images (sorted ids) after duplicate removal;
+            `None` (or 0 on the command line) for all.
+        num_folds: number of cross-validation folds.
+        split_seed: seed of the test, fold and inner-validation assignment.
+        split: `kfold` (seeded grouped folds) or `official` (the dataset's published
+            train/validation/test subsets, for ISIC 2018).
+        test_fraction: share of the images held out as a test split before the folds
+            (k-fold mode), 0 for none.
+        inner_val_fraction: share of each fold's training images set aside as its inner
+            validation split, for early stopping without the fold's validation images.
+        near_duplicate_distance: largest perceptual-hash Hamming distance (of 256 bits)
+            at which two images count as duplicates; negative to remove exact copies only.
+        experiment: MLflow experiment of the run that records the dataset card.
+        log_run: record the dataset card in an MLflow run (besides the prepared folder).
+    """
+
+    dataset: str
+    data_dir: str | None = None
+    image_size: int = 512
+    max_images: int | None = None
+    num_folds: int = 5
+    split_seed: int = 0
+    split: str = "kfold"
+    test_fraction: float = 0.0
+    inner_val_fraction: float = 0.1
+    near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE
+    experiment: str = "medbench-data"
+    log_run: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.image_size >= 32, f"image_size must be at least 32 pixels, got {self.image_size}"),
+            (self.num_folds >= 2, f"num_folds must be at least 2, got {self.num_folds}"),
+            (self.split in ("kfold", "official"), f"split must be 'kfold' or 'official', got {self.split!r}"),
+            (0 <= self.test_fraction < 1, f"test_fraction must be in [0, 1), got {self.test_fraction}"),
+            (0 <= self.inner_val_fraction < 1, f"inner_val_fraction must be in [0, 1), got {self.inner_val_fraction}"),
+            (
+                self.max_images is None or self.max_images >= 2 * self.num_folds,
+                f"max_images must be at least 2 * num_folds = {2 * self.num_folds}, got {self.max_images}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MedbenchError(message + ".")
+
+    def as_params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -34,6 +34,7 @@ __all__ = [
     "check_tracking_store",
     "code_version",
     "load_model",
+    "log_dataset_card",
     "metric_key",
     "start_run",
     "tracking_uri",
@@ -214,6 +215,37 @@ def load_model(uri: str) -> torch.nn.Module:
         return mlflow.pytorch.load_model(uri, map_location="cpu")
     except mlflow.exceptions.MlflowException as error:
         raise MedbenchError(f"Cannot load model {uri!r} from {tracking_uri()}: {error}") from error
+
+
+def log_dataset_card(
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, Any],
+    card: Mapping[str, Any],
+    files: list[Path],
+) -> str:
+    """Record a prepared dataset in its own run: params, `data/...` metrics and `files` under `dataset/`.
+
+    Metrics: `data/images`, `data/source_images`, `data/duplicates_removed`, and per class
+    `data/pixel_share/<class>` and `data/images_with_class/<class>`. Returns the run id.
+    """
+    counts = card["counts"]
+    metrics = {
+        metric_key("data", "images"): counts["prepared_images"],
+        metric_key("data", "source_images"): counts["source_images"],
+        metric_key("data", "duplicates_removed"): counts["duplicates_removed"],
+    }
+    for name, share in card["class_pixel_share"].items():
+        metrics[metric_key("data", "pixel_share", name)] = share
+    for name, images in card["images_with_class"].items():
+        metrics[metric_key("data", "images_with_class", name)] = images
+    with start_run(experiment, run_name, tags) as run:
+        run.log_params({f"config.{k}": v for k, v in params.items()})
+        run.log_metrics(metrics)
+        for path in files:
+            run.log_artifact(path, "dataset")
+        return run.run_id
 
 
 def client() -> MlflowClient:

@@ -11,33 +11,68 @@ from torch.utils.data import Dataset
 
 from medbench.data.prepare import PreparedDataset
 
-__all__ = ["NORMALIZATION", "SegmentationDataset", "augmentation", "to_tensor"]
+__all__ = ["AUGMENTATIONS", "NORMALIZATION", "SegmentationDataset", "augmentation", "describe_augmentation", "to_tensor"]
 
 # ImageNet statistics: every model gets the same input scaling, pretrained or not.
 NORMALIZATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
+def _shared_geometry(rotate: float) -> list[A.BasicTransform]:
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomRotate90(p=0.5),
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-rotate, rotate), p=0.5),
+    ]
+
+
+def _recipe_transforms(name: str) -> list[A.BasicTransform]:
+    contrast = A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5)
+    if name == "default":
+        return [*_shared_geometry(15), contrast]
+    if name == "endoscopy":
+        # no canonical orientation in a colonoscope's view; light colour varies between scopes
+        hue = A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=15, val_shift_limit=10, p=0.3)
+        return [*_shared_geometry(15), contrast, hue]
+    if name == "dermoscopy":
+        # lesions have no orientation; skin tone and lighting vary
+        hue = A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=20, val_shift_limit=10, p=0.3)
+        return [*_shared_geometry(30), contrast, hue]
+    if name == "microscopy":
+        return [*_shared_geometry(15), contrast]
+    if name == "echocardiography":
+        # no flips or 90-degree turns: the probe apex is at the top and the chambers keep their sides
+        return [
+            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.5),
+            contrast,
+            A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+        ]
+    from medbench.errors import unknown_name_error
+
+    raise unknown_name_error("augmentation", name, AUGMENTATIONS)
+
+
+AUGMENTATIONS = ("default", "dermoscopy", "echocardiography", "endoscopy", "microscopy", "none")
+
+
 def augmentation(name: str, seed: int) -> A.Compose | None:
     """The training augmentation recipe `name`, identical for every model; `none` disables it.
 
-    `default`: flips, 90-degree rotations, a mild affine transform and brightness/contrast.
+    Each dataset source names its recipe (`DatasetSource.augmentation`):
+    `default` (flips, 90-degree rotations, a mild affine transform, brightness/contrast),
+    `endoscopy` and `dermoscopy` (the same plus mild hue/saturation shifts; dermoscopy
+    rotates up to 30 degrees), `microscopy` (as `default`) and `echocardiography` (affine
+    up to 10 degrees, brightness/contrast and gamma, no flips).
     """
     if name == "none":
         return None
-    if name != "default":
-        from medbench.errors import unknown_name_error
+    return A.Compose(_recipe_transforms(name), seed=seed)
 
-        raise unknown_name_error("augmentation", name, ["default", "none"])
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomRotate90(p=0.5),
-            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15), p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-        ],
-        seed=seed,
-    )
+
+def describe_augmentation(name: str, seed: int) -> dict:
+    """Serialize the recipe `name` with albumentations' `A.to_dict`, for run records."""
+    transform = augmentation(name, seed)
+    return {"name": name, "transform": None if transform is None else A.to_dict(transform)}
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from medbench.data.imageio import file_sha256, read_image, read_mask_pixels
+from medbench.data.imageio import exif_orientation, file_sha256, read_image, read_mask_pixels
 from medbench.errors import MedbenchError, unknown_name_error
 
 __all__ = [
@@ -46,12 +46,17 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its mask. Folds never separate samples of the same `group` (patient)."""
+    """One image and its mask. Folds never separate samples of the same `group` (patient).
+
+    `subset` is the official subset of the sample (`train`, `validation` or `test`) where
+    the dataset publishes one, else `None`.
+    """
 
     id: str
     image: Path
     mask: Path
     group: str
+    subset: str | None = None
 
 
 def data_root() -> Path:
@@ -102,18 +107,22 @@ def decode_palette(
 ) -> tuple[np.ndarray, float]:
     """Decode a colour-coded mask by assigning each pixel to the nearest palette colour.
 
-    Returns the label map and the share of ambiguous pixels: those whose nearest colour
-    is farther than `tolerance / 2` (Euclidean RGB distance), such as JPEG ringing at edges.
-    Pixels farther than `tolerance` from every palette colour are invalid and raise.
+    Returns the (H, W) uint8 label map and the share of ambiguous pixels: those whose
+    nearest colour is farther than `tolerance / 2` (Euclidean RGB distance), such as JPEG
+    ringing at edges. Pixels farther than `tolerance` from every palette colour are
+    invalid and raise a `MedbenchError` that names the file and an example colour.
     """
     if pixels.ndim != 3:
         pixels = np.repeat(pixels[..., None], 3, axis=2)
     colours = np.array(list(palette), dtype=np.float32)  # (P, 3)
     labels = np.array(list(palette.values()), dtype=np.uint8)
-    flat = pixels.reshape(-1, 3).astype(np.float32)
-    distance = np.sqrt(((flat[:, None, :] - colours[None]) ** 2).sum(axis=2))  # (N, P)
-    nearest = distance.argmin(axis=1)
-    nearest_distance = distance[np.arange(flat.shape[0]), nearest]
+    flat = pixels.reshape(-1, 3).astype(np.float32)  # (N, 3)
+    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one (N, 3) x (3, P) product instead of an
+    # (N, P, 3) difference array, which is several times slower on full-size masks.
+    partial = (colours**2).sum(axis=1)[None, :] - 2.0 * flat @ colours.T  # (N, P)
+    nearest = partial.argmin(axis=1)
+    squared = (flat**2).sum(axis=1) + partial[np.arange(flat.shape[0]), nearest]
+    nearest_distance = np.sqrt(np.maximum(squared, 0.0))
     invalid = nearest_distance > tolerance
     if invalid.any():
         example = tuple(int(v) for v in flat[invalid.argmax()])
@@ -129,13 +138,17 @@ class DatasetSource(ABC):
     """An official dataset layout.
 
     Subclasses set `name`, `class_names`, `modality` and `layout` (a one-line description
-    of the expected files), and implement `samples` and `decode_mask`.
+    of the expected files), and implement `samples` and `decode_mask`. `augmentation` names
+    the training recipe of `medbench.data.dataset.augmentation` used for every model.
     """
 
     name: ClassVar[str]
     class_names: ClassVar[tuple[str, ...]]
     modality: ClassVar[str]
     layout: ClassVar[str]
+    augmentation: ClassVar[str] = "default"
+    # Official subsets (`train`, `validation`, `test`) that `split="official"` can use.
+    official_subsets: ClassVar[bool] = False
 
     @property
     def num_classes(self) -> int:
@@ -171,8 +184,38 @@ class DatasetSource(ABC):
     def samples(self, folder: Path) -> list[Sample]:
         """List the (image, mask) pairs in `folder`, sorted by id."""
 
+    def checksum(self, path: Path) -> str:
+        """SHA-256 of the file at `path` (sources whose files come in parts hash all parts)."""
+        return file_sha256(path)
+
     def read_image(self, sample: Sample) -> np.ndarray:
         return read_image(sample.image)
+
+    def read_pair(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, float]:
+        """Read the (H, W, 3) image, (H, W) label map and ambiguous-pixel share of `sample`.
+
+        Raises when the mask's size differs from the image's, or when only one of the two
+        files carries an EXIF rotation (so applying it would misalign them).
+        """
+        image = self.read_image(sample)
+        mask, ambiguous = self.read_mask(sample)
+        image_orientation, mask_orientation = self.orientation(sample.image), self.orientation(sample.mask)
+        if image_orientation != mask_orientation:
+            raise MedbenchError(
+                f"Image {sample.image} has EXIF orientation {image_orientation} but its mask {sample.mask} "
+                f"has {mask_orientation} (1 means upright), so the two would not line up after rotation. "
+                "Re-save both files upright (apply the rotation, drop the EXIF tag) or give both the same tag."
+            )
+        if image.shape[:2] != mask.shape[:2]:
+            raise MedbenchError(
+                f"Mask {sample.mask} is {mask.shape[1]}x{mask.shape[0]} but its image {sample.image} is "
+                f"{image.shape[1]}x{image.shape[0]} (width x height). Masks must have their image's size."
+            )
+        return image, mask, ambiguous
+
+    def orientation(self, path: Path) -> int:
+        """EXIF orientation of an image file (1 when upright or absent)."""
+        return exif_orientation(path)
 
     def read_mask(self, sample: Sample) -> tuple[np.ndarray, float]:
         """Return the (H, W) uint8 label map and its share of ambiguous pixels."""
@@ -246,6 +289,7 @@ class KvasirSEG(DatasetSource):
     class_names = ("background", "polyp")
     modality = "colonoscopy"
     layout = "Kvasir-SEG/images/<id>.jpg and Kvasir-SEG/masks/<id>.jpg"
+    augmentation = "endoscopy"
     url = "https://datasets.simula.no/downloads/kvasir-seg.zip"
     # Checksum of the unpacked images and masks (`content_digest` over images/<name> and
     # masks/<name>), so that any faithful copy of the archive verifies.
@@ -309,6 +353,7 @@ class PH2(DatasetSource):
     name = "ph2"
     class_names = ("background", "lesion")
     modality = "dermoscopy"
+    augmentation = "dermoscopy"
     layout = (
         "PH2Dataset/PH2 Dataset images/IMDxxx/IMDxxx_Dermoscopic_Image/IMDxxx.bmp and "
         "IMDxxx/IMDxxx_lesion/IMDxxx_lesion.bmp; get it from https://www.fc.up.pt/addi/ph2%20database.html"
@@ -421,4 +466,109 @@ class Folder(DatasetSource):
             return decode_labels(pixels, path, self.num_classes), 0.0
         if self.mask_format == "palette":
             return decode_palette(pixels, path, self.palette, self.palette_tolerance)
+        return decode_binary(pixels, path), 0.0
+
+
+@register_dataset
+class NeoPolypSmall(DatasetSource):
+    """BKAI-IGH NeoPolyp-Small (Lan et al., 2021): 1,000 colonoscopy images, 3 classes.
+
+    Layout of the competition download: `train/train/<id>.jpeg` and
+    `train_gt/train_gt/<id>.jpeg`. Masks are colour-coded JPEGs (black background, green
+    non-neoplastic, red neoplastic), so each pixel goes to the nearest of the three
+    colours. JPEG blends of red and green lie up to about 180 (Euclidean RGB) from every
+    palette colour, and the shared copy of the data has none beyond 220, so the
+    tolerance is 240: pixels beyond it (blue, white) are invalid, and pixels beyond half of
+    it count as ambiguous.
+    """
+
+    name = "neopolyp_small"
+    class_names = ("background", "non-neoplastic", "neoplastic")
+    modality = "colonoscopy"
+    layout = (
+        "train/train/<id>.jpeg and train_gt/train_gt/<id>.jpeg; get it from the BKAI-IGH NeoPolyp "
+        "competition (https://www.kaggle.com/competitions/bkai-igh-neopolyp/data, needs a Kaggle account)"
+    )
+    augmentation = "endoscopy"
+    palette: ClassVar[dict[tuple[int, int, int], int]] = {(0, 0, 0): 0, (0, 255, 0): 1, (255, 0, 0): 2}
+    palette_tolerance: ClassVar[float] = 240.0
+
+    def is_present(self, folder: Path) -> bool:
+        return (folder / "train" / "train").is_dir()
+
+    def samples(self, folder: Path) -> list[Sample]:
+        return _pair_by_stem(folder / "train" / "train", folder / "train_gt" / "train_gt")
+
+    def decode_mask(self, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, float]:
+        return decode_palette(pixels, path, self.palette, self.palette_tolerance)
+
+
+@register_dataset
+class DSB2018(DatasetSource):
+    """Data Science Bowl 2018 nuclei (BBBC038), the 96x96 release with one merged mask per image.
+
+    Layout: `images/<id>.png` and `masks/0/<id>.png` (gray masks, binarized at 127).
+    """
+
+    name = "dsb2018"
+    class_names = ("background", "nucleus")
+    modality = "microscopy"
+    layout = (
+        "images/<id>.png and masks/0/<id>.png; get stage1_train from https://bbbc.broadinstitute.org/BBBC038 "
+        "and merge the nucleus masks of each image into masks/0/<id>.png"
+    )
+    augmentation = "microscopy"
+
+    def is_present(self, folder: Path) -> bool:
+        return (folder / "images").is_dir()
+
+    def samples(self, folder: Path) -> list[Sample]:
+        return _pair_by_stem(folder / "images", folder / "masks" / "0")
+
+    def decode_mask(self, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, float]:
+        return decode_binary(pixels, path), 0.0
+
+
+@register_dataset
+class ISIC2018(DatasetSource):
+    """ISIC 2018 Task 1 (Codella et al., 2019): dermoscopy images with lesion masks.
+
+    Layout of the challenge archives, one pair of folders per official subset:
+    `ISIC2018_Task1-2_<Subset>_Input/ISIC_<n>.jpg` and
+    `ISIC2018_Task1_<Subset>_GroundTruth/ISIC_<n>_segmentation.png` (0/255), with
+    `<Subset>` one of `Training` (required), `Validation` and `Test`. By default every
+    present subset joins one pool for k-fold cross-validation; `split="official"` keeps
+    the challenge's training, validation and test subsets instead.
+    """
+
+    name = "isic2018"
+    class_names = ("background", "lesion")
+    modality = "dermoscopy"
+    layout = (
+        "ISIC2018_Task1-2_Training_Input/ISIC_<n>.jpg and ISIC2018_Task1_Training_GroundTruth/"
+        "ISIC_<n>_segmentation.png, likewise for Validation and Test; get the Task 1 archives from "
+        "https://challenge.isic-archive.com/data/#2018"
+    )
+    augmentation = "dermoscopy"
+    official_subsets = True
+    subsets: ClassVar[dict[str, str]] = {"Training": "train", "Validation": "validation", "Test": "test"}
+
+    def is_present(self, folder: Path) -> bool:
+        return (folder / "ISIC2018_Task1-2_Training_Input").is_dir()
+
+    def samples(self, folder: Path) -> list[Sample]:
+        if not self.is_present(folder):
+            raise MedbenchError(
+                f"Missing images folder {folder / 'ISIC2018_Task1-2_Training_Input'}. Expected layout: {self.layout}."
+            )
+        samples = []
+        for subset, role in self.subsets.items():
+            images = folder / f"ISIC2018_Task1-2_{subset}_Input"
+            if role != "train" and not images.is_dir():
+                continue
+            pairs = _pair_by_stem(images, folder / f"ISIC2018_Task1_{subset}_GroundTruth", "_segmentation")
+            samples.extend(Sample(s.id, s.image, s.mask, s.group, role) for s in pairs)
+        return sorted(samples, key=lambda s: s.id)
+
+    def decode_mask(self, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, float]:
         return decode_binary(pixels, path), 0.0

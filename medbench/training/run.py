@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from medbench import tracking
 from medbench.config import TrainConfig
 from medbench.data import NORMALIZATION, PreparedDataset, SegmentationDataset, augmentation, prepare_dataset
+from medbench.data import describe_augmentation
 from medbench.models import create_model, get_model_info
 from medbench.training.evaluate import Evaluation, evaluate
 from medbench.training.losses import SegmentationLoss
@@ -69,7 +70,7 @@ def output_dir() -> Path:
 def _loaders(config: TrainConfig, prepared: PreparedDataset) -> tuple[DataLoader, DataLoader]:
     train_indices, val_indices = prepared.fold_indices(config.fold)
     generator = torch.Generator().manual_seed(config.seed)
-    train_set = SegmentationDataset(prepared, train_indices, augmentation("default", config.seed))
+    train_set = SegmentationDataset(prepared, train_indices, augmentation(prepared.augmentation, config.seed))
     val_set = SegmentationDataset(prepared, val_indices)
     common = {"num_workers": config.num_workers, "pin_memory": torch.cuda.is_available()}
     return (
@@ -118,7 +119,7 @@ def train(config: TrainConfig) -> TrainResult:
             "train_images": len(train_loader.dataset),
             "val_images": len(val_loader.dataset),
             "prepared_dataset": prepared.path.name,
-            "augmentation": "default",
+            "augmentation": prepared.augmentation,
             "normalization_mean": NORMALIZATION["mean"],
             "normalization_std": NORMALIZATION["std"],
             "device_used": str(device),
@@ -126,6 +127,7 @@ def train(config: TrainConfig) -> TrainResult:
             "params_measured": sum(p.numel() for p in model.parameters()),
         })
         run.log_artifact(prepared.path / "splits.json", "data")
+        run.log_dict(describe_augmentation(prepared.augmentation, config.seed), "data/augmentation.json")
         checkpoint_dir = output_dir() / config.run_name / run.run_id
         extra = {
             "config": dataclasses.asdict(config),
