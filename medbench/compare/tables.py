@@ -7,7 +7,7 @@ import pandas as pd
 
 from medbench.compare.collect import FoldRun
 from medbench.compare.stats import rank_models
-from medbench.errors import unknown_name_error
+from medbench.errors import MedbenchError, unknown_name_error
 
 __all__ = ["COUNT_METRICS", "available_metrics", "fold_table", "summary_table", "table_metrics"]
 
@@ -57,7 +57,9 @@ def summary_table(runs: list[FoldRun], metric: str, higher_is_better: bool) -> p
         MedbenchError: `metric` is not a metric of every run; the message lists the valid names.
     """
     if metric not in available_metrics(runs):
-        raise unknown_name_error("metric", metric, available_metrics(runs))
+        error = unknown_name_error("metric", metric, available_metrics(runs))
+        raise MedbenchError(f"{error} A per-class metric (dice/<class>) is valid only when every compared "
+                            "dataset has that class; select such datasets with --datasets.")
     metrics = table_metrics(runs)
     folds = fold_table(runs)
     gradcam = sorted(c for c in folds.columns if c.startswith("gradcam/"))
