@@ -30,7 +30,7 @@ AREAS_CSV = "class_areas.csv"
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How the model's training run fed images to it: square resize to `image_size`, then normalization."""
+    """Preprocessing of the model's training run: square resize to `image_size`, then normalization."""
 
     image_size: int
     class_names: list[str]

@@ -17,6 +17,7 @@ from medbench.compare.outputs import write_outputs
 from medbench.compare.stats import FriedmanResult, PairedTest, friedman_nemenyi, paired_tests_against_reference
 from medbench.compare.tables import fold_table, summary_table
 from medbench.efficiency import Efficiency, measure_efficiency
+from medbench.errors import MedbenchError
 
 __all__ = ["CHAMPION_ALIAS", "CompareResult", "compare", "registered_model_name"]
 
@@ -54,7 +55,7 @@ class Champion:
 
 @dataclass(frozen=True)
 class CompareResult:
-    """Everything `compare` produced; `folder` holds the same files as the `compare` run's artifacts."""
+    """Everything `compare` produced; `folder` contains the same files as the `compare` run's artifacts."""
 
     run_id: str
     folder: Path
@@ -73,14 +74,12 @@ def compare(config: CompareConfig) -> CompareResult:
     `config.champion` is set.
 
     Raises:
-        MedbenchError: no matching runs, an unknown experiment or an unknown metric.
+        MedbenchError: no matching runs, an unknown experiment, an unknown metric, or an
+            output folder that is neither empty nor an earlier report.
     """
     runs = collect_runs(config)
     table = summary_table(runs, config.metric, config.higher_is_better)
-    folder = Path(config.output).expanduser()
-    if folder.exists():
-        shutil.rmtree(folder)
-    (folder / "plots").mkdir(parents=True)
+    folder = _fresh_output(Path(config.output).expanduser())
 
     if config.efficiency:
         table = _add_efficiency(table, runs, config)
@@ -100,8 +99,21 @@ def compare(config: CompareConfig) -> CompareResult:
     return CompareResult(run.run_id, folder, table, tests, friedman, champions)
 
 
+def _fresh_output(folder: Path) -> Path:
+    """Create `folder/plots`, replacing an earlier report there but never another folder's files."""
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / "report.md").is_file():
+            raise MedbenchError(
+                f"Output folder {folder} is not empty and holds no earlier medbench report (report.md). "
+                "Pass --output with a new or empty folder."
+            )
+        shutil.rmtree(folder)
+    (folder / "plots").mkdir(parents=True)
+    return folder
+
+
 def _add_efficiency(table: pd.DataFrame, runs: list[FoldRun], config: CompareConfig) -> pd.DataFrame:
-    measured: dict[tuple, Efficiency] = {}
+    measured: dict[tuple, Efficiency | None] = {}
     rows = []
     for _, row in table.iterrows():
         group = [r for r in runs if r.dataset == row["dataset"] and r.model == row["model"]]
@@ -109,11 +121,16 @@ def _add_efficiency(table: pd.DataFrame, runs: list[FoldRun], config: CompareCon
         key = (row["model"], group[0].num_classes, size)
         if key not in measured:
             log.info("Measuring %s at %dx%d with %d classes on %s.", key[0], size, size, key[1], config.device)
-            measured[key] = measure_efficiency(key[0], size, key[1], config.device)
+            try:
+                measured[key] = measure_efficiency(key[0], size, key[1], config.device)
+            except MedbenchError as error:  # a model no longer in the registry keeps its accuracy rows
+                log.warning("Efficiency of %s not measured: %s", key[0], error)
+                measured[key] = None
         found = measured[key]
-        params = next((r.params_measured for r in group if r.params_measured), found.params)
-        rows.append({"params": params, "macs": found.macs, "latency_ms": found.latency_ms,
-                     "peak_memory_mb": found.peak_memory_mb, "efficiency_size": size})
+        params = next((r.params_measured for r in group if r.params_measured), found.params if found else None)
+        rows.append({"params": params, "macs": found.macs if found else math.nan,
+                     "latency_ms": found.latency_ms if found else math.nan,
+                     "peak_memory_mb": found.peak_memory_mb if found else math.nan, "efficiency_size": size})
     return pd.concat([table, pd.DataFrame(rows, index=table.index)], axis=1)
 
 

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from medbench.compare.stats import FriedmanResult  # noqa: E402
 
@@ -50,6 +51,8 @@ def plot_dice_boxes(path: Path, dataset: str, per_image: dict[str, pd.Series], f
     for box, model in zip(boxes["boxes"], models):
         box.set_facecolor(FAMILY_COLOURS.get(families.get(model, ""), "lightgray"))
     axis.set_xticks(range(1, len(models) + 1), models, rotation=30, ha="right")
+    shown = sorted({families.get(m, "") for m in models} & set(FAMILY_COLOURS))
+    axis.legend(handles=[Patch(color=FAMILY_COLOURS[f], label=f) for f in shown], fontsize=7)
     axis.set_ylabel("per-image Dice")
     axis.set_ylim(-0.02, 1.02)
     axis.set_title(f"{dataset}: per-image Dice (held-out folds)")

@@ -156,7 +156,7 @@ def friedman_nemenyi(
 
     Blocks with a missing score are dropped. The test needs at least 3 models and 3 blocks
     (`scipy.stats.friedmanchisquare` requires 3 groups); otherwise only average ranks are
-    returned and `note` says why.
+    returned and `note` gives the reason.
     """
     complete = scores.dropna(axis=0, how="any")
     ranks = complete.apply(lambda row: rank_models(row, higher_is_better), axis=1)

@@ -38,7 +38,7 @@ def table_metrics(runs: list[FoldRun]) -> list[str]:
 
 
 def fold_table(runs: list[FoldRun]) -> pd.DataFrame:
-    """One row per run: dataset, model, family, fold, seed, run_id and every metric."""
+    """Build one row per run: dataset, model, family, fold, seed, run_id and every metric."""
     rows = [{"dataset": r.dataset, "model": r.model, "family": r.family, "fold": r.fold, "seed": r.seed,
              "run_id": r.run_id, **r.metrics} for r in runs]
     return pd.DataFrame(rows)
@@ -47,11 +47,12 @@ def fold_table(runs: list[FoldRun]) -> pd.DataFrame:
 def summary_table(runs: list[FoldRun], metric: str, higher_is_better: bool) -> pd.DataFrame:
     """Mean and sample standard deviation (ddof 1, NaN for one fold) over folds per (dataset, model).
 
-    Columns: dataset, family, model, folds, run_ids (space-separated, the rows' sources),
-    `<metric>_mean` and `<metric>_std` for every metric all runs have, `hd95_excluded` and
-    `hd95_worst_case` summed over folds, `gradcam/...` means when present, `rank` per
-    dataset by `metric` (1 is best, ties share the mean rank) and `average_rank` over the
-    datasets the model was run on. Rows are grouped by dataset, then family, then rank.
+    Columns: dataset, family, model, folds, runs, and run_ids (space-separated, the row's
+    sources). Then `<metric>_mean` and `<metric>_std` for every metric of any run, with
+    `hd95_excluded` and `hd95_worst_case` summed over folds and `gradcam/...` means when
+    present. Last come `rank` per dataset by `metric` (1 is best, ties share the mean
+    rank) and `average_rank` over the datasets the model was run on. Rows are sorted by
+    dataset, then family, then rank.
 
     Raises:
         MedbenchError: `metric` is not a metric of every run; the message lists the valid names.
