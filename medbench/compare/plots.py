@@ -1,6 +1,6 @@
 """Figures of a comparison as PNG files: box plots, critical difference, accuracy against latency, Grad-CAM scores.
 
-A figure whose data is missing is still written, with a line that says what is missing,
+A figure whose data is missing is still written, with a line that states what is missing,
 so a report always has the same files.
 """
 
@@ -42,7 +42,7 @@ def _message_figure(path: Path, title: str, message: str) -> Path:
 
 
 def plot_dice_boxes(path: Path, dataset: str, per_image: dict[str, pd.Series], families: dict[str, str]) -> Path:
-    """Box plot of per-image Dice per model on one dataset, boxes coloured by family."""
+    """Save a box plot of per-image Dice per model on one dataset, boxes coloured by family."""
     models = [m for m in per_image if per_image[m].notna().any()]
     if not models:
         return _message_figure(path, dataset, "No per-image metrics in these runs.")
@@ -51,8 +51,8 @@ def plot_dice_boxes(path: Path, dataset: str, per_image: dict[str, pd.Series], f
     for box, model in zip(boxes["boxes"], models):
         box.set_facecolor(FAMILY_COLOURS.get(families.get(model, ""), "lightgray"))
     axis.set_xticks(range(1, len(models) + 1), models, rotation=30, ha="right")
-    shown = sorted({families.get(m, "") for m in models} & set(FAMILY_COLOURS))
-    axis.legend(handles=[Patch(color=FAMILY_COLOURS[f], label=f) for f in shown], fontsize=7)
+    families_shown = sorted({families.get(m, "") for m in models} & set(FAMILY_COLOURS))
+    axis.legend(handles=[Patch(color=FAMILY_COLOURS[f], label=f) for f in families_shown], fontsize=7)
     axis.set_ylabel("per-image Dice")
     axis.set_ylim(-0.02, 1.02)
     axis.set_title(f"{dataset}: per-image Dice (held-out folds)")
@@ -60,7 +60,7 @@ def plot_dice_boxes(path: Path, dataset: str, per_image: dict[str, pd.Series], f
 
 
 def plot_critical_difference(path: Path, result: FriedmanResult) -> Path:
-    """Average ranks on a line (1 left is best) with the Nemenyi critical difference bar.
+    """Save the average ranks on a line (1 left is best) with the Nemenyi critical difference bar.
 
     Models whose average ranks differ by less than the critical difference are joined by
     a thick line. Without a Friedman test the ranks are drawn with the reason as title.
@@ -97,7 +97,7 @@ def plot_critical_difference(path: Path, result: FriedmanResult) -> Path:
 
 
 def pareto_front(cost: np.ndarray, score: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
-    """Boolean mask of points that no other point beats on both lower cost and better score."""
+    """Return a boolean mask of the points that no other point beats on both lower cost and better score."""
     signed = score if higher_is_better else -score
     front = np.ones(len(cost), dtype=bool)
     for i in range(len(cost)):
@@ -107,7 +107,7 @@ def pareto_front(cost: np.ndarray, score: np.ndarray, higher_is_better: bool = T
 
 
 def plot_accuracy_latency(path: Path, table: pd.DataFrame, metric: str, higher_is_better: bool) -> Path:
-    """Mean `metric` against latency per (dataset, model), the Pareto front of each dataset marked."""
+    """Save a plot of mean `metric` against latency per (dataset, model), marking each dataset's Pareto front."""
     if "latency_ms" not in table or table["latency_ms"].isna().all():
         return _message_figure(path, "Accuracy against latency", "No efficiency measurements (run with --efficiency).")
     figure, axis = plt.subplots(figsize=(7, 4.5))
@@ -132,7 +132,10 @@ def plot_accuracy_latency(path: Path, table: pd.DataFrame, metric: str, higher_i
 
 
 def plot_gradcam_scores(path: Path, table: pd.DataFrame) -> Path:
-    """Grad-CAM scores (`gradcam/...` columns) per family, one panel per score; a note when there are none."""
+    """Save box plots of Grad-CAM scores (`gradcam/...` columns) per family, one panel per score.
+
+    Without any such column the figure carries a note instead.
+    """
     columns = [c for c in table.columns if c.startswith("gradcam/") and table[c].notna().any()]
     if not columns:
         return _message_figure(path, "Grad-CAM scores per family",
