@@ -1,4 +1,4 @@
-"""The `compare` pipeline: runs -> table, statistics, efficiency, plots, report -> a `compare` run and the champion alias."""
+"""The `compare` pipeline: runs to table, statistics, efficiency, plots and report, then the champion alias."""
 
 from __future__ import annotations
 
