@@ -181,6 +181,53 @@ def _command_prepare(args: argparse.Namespace) -> int:
     print(f"class pixel shares: {shares}")
     if result.run_id:
         print(f"dataset card logged to run {result.run_id}")
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `CompareConfig`; unset ones (None) take its defaults."""
+    names, integer, real, text, boolean = (
+        _optional(_names), _optional(int), _optional(float), _optional(str), _optional(parse_bool))
+    parser.add_argument("--experiments", type=names, help="comma-separated MLflow experiments to read (default medbench)")
+    parser.add_argument("--datasets", type=names, help="comma-separated datasets to compare (default all found)")
+    parser.add_argument("--models", type=names, help="comma-separated models to compare (default all found)")
+    parser.add_argument("--metric", type=text, help="ranking and champion metric: dice, iou, precision, recall, "
+                        "hd95, dice/<class>, hd95/<class> (default dice)")
+    parser.add_argument("--alpha", type=real, help="significance level of the Nemenyi critical difference (default 0.05)")
+    parser.add_argument("--efficiency", type=boolean, nargs="?", const=True,
+                        help="measure MACs, latency and peak memory of every model (default true)")
+    parser.add_argument("--efficiency-size", type=integer, help="image side for efficiency (default: the runs' size)")
+    parser.add_argument("--device", type=text, help="device of the efficiency measurements (default cpu)")
+    parser.add_argument("--champion", type=boolean, nargs="?", const=True,
+                        help="set the registry alias champion per dataset (default true)")
+    parser.add_argument("--output", type=text, help="local report folder (default compare_report)")
+    parser.add_argument("--experiment", type=text, help="MLflow experiment of the compare run (default medbench-compare)")
+
+
+def _command_compare(args: argparse.Namespace) -> int:
+    from medbench.compare import CompareConfig, compare
+
+    fields = {f: getattr(args, f) for f in CompareConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
+    result = compare(CompareConfig(**fields))
+    columns = ["dataset", "family", "model", "rank", f"{args.metric or 'dice'}_mean"]
+    print(result.table[columns].to_string(index=False))
+    for champion in result.champions.values():
+        print(f"champion of {champion.dataset}: {champion.uri} (version {champion.version})")
+    print(f"compare run {result.run_id}; report: {result.folder / 'report.html'}")
+    return 0
+
+
+def _command_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medbench.predict import predict
+
+    result = predict(args.model_uri, Path(args.input), Path(args.output), args.device or "cpu")
+    for name, reason in result.skipped.items():
+        print(f"skipped {name}: {reason}")
+    print(f"wrote {len(result.masks)} masks and overlays to {args.output}; class areas in {result.areas_csv}")
     return 0
 
 
@@ -207,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     datasets = commands.add_parser("datasets", help="list dataset sources and whether their data is present")
     datasets.add_argument("--json", action="store_true", help="one JSON object per line")
     datasets.set_defaults(handler=_command_datasets)
+
+    compare = commands.add_parser("compare", help="compare trained models; write tables, tests, plots, report")
+    add_compare_arguments(compare)
+    compare.set_defaults(handler=_command_compare)
+
+    predict = commands.add_parser("predict", help="segment a folder of images with a registered model")
+    predict.add_argument("--model-uri", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    predict.add_argument("--input", required=True, help="folder of images to segment")
+    predict.add_argument("--output", required=True, help="folder for mask and overlay PNGs and class_areas.csv")
+    predict.add_argument("--device", type=_optional(str), help="cpu, cuda or cuda:N (default cpu)")
+    predict.set_defaults(handler=_command_predict)
     return parser
 
 

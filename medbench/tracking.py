@@ -33,9 +33,19 @@ __all__ = [
     "RunLogger",
     "check_tracking_store",
     "code_version",
+    "download_run_artifact",
+    "find_runs",
+    "get_run",
+    "list_run_artifacts",
     "load_model",
     "log_dataset_card",
     "metric_key",
+    "model_metadata",
+    "model_version_by_alias",
+    "model_versions",
+    "remove_model_alias",
+    "resolve_registered_model",
+    "set_model_alias",
     "start_run",
     "tracking_uri",
 ]
@@ -250,3 +260,135 @@ def log_dataset_card(
 
 def client() -> MlflowClient:
     return MlflowClient()
+
+
+# --- queries for `compare` and `predict` -------------------------------------------------
+
+
+def find_runs(experiments: list[str], filter_string: str = "") -> list[mlflow.entities.Run]:
+    """Return the FINISHED runs of the named experiments that match `filter_string`.
+
+    Raises `MedbenchError` naming the missing experiments if none of them exists.
+    """
+    client = MlflowClient()
+    ids, missing = [], []
+    for name in experiments:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            missing.append(name)
+        else:
+            ids.append(experiment.experiment_id)
+    if missing:
+        known = sorted(e.name for e in client.search_experiments())
+        raise MedbenchError(
+            f"Experiment(s) {', '.join(repr(m) for m in missing)} not found in {tracking_uri()}. "
+            f"Existing experiments: {', '.join(known) or 'none'}. Pass --experiments with one of them, "
+            "or set MLFLOW_TRACKING_URI to the store that holds the runs."
+        )
+    query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
+    runs, token = [], None
+    while True:
+        page = client.search_runs(ids, query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def download_run_artifact(run_id: str, artifact_path: str, destination: Path) -> Path | None:
+    """Download one artifact file or folder of a run into `destination`; `None` if the run lacks it."""
+    folder, _, name = artifact_path.rpartition("/")
+    listed = {Path(f.path).name for f in MlflowClient().list_artifacts(run_id, folder or None)}
+    if name not in listed:
+        return None
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                    dst_path=str(destination)))
+
+
+def list_run_artifacts(run_id: str, folder: str) -> list[str]:
+    """Artifact paths directly under `folder` of a run (empty if the folder does not exist)."""
+    return [f.path for f in MlflowClient().list_artifacts(run_id, folder) if not f.is_dir]
+
+
+def model_versions(name: str) -> list[mlflow.entities.model_registry.ModelVersion]:
+    """Every version of registered model `name` (an empty list if the model does not exist)."""
+    return list(MlflowClient().search_model_versions(f"name = '{name}'"))
+
+
+def set_model_alias(name: str, alias: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Point `alias` of registered model `name` at `version` and write `tags` on that version."""
+    client = MlflowClient()
+    client.set_registered_model_alias(name, alias, version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def remove_model_alias(name: str, alias: str) -> bool:
+    """Delete `alias` from registered model `name`; return whether it existed."""
+    client = MlflowClient()
+    try:
+        client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return False
+    client.delete_registered_model_alias(name, alias)
+    return True
+
+
+def model_version_by_alias(name: str, alias: str) -> mlflow.entities.model_registry.ModelVersion | None:
+    """The version that `alias` of registered model `name` points at, or `None`."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def resolve_registered_model(uri: str) -> mlflow.entities.model_registry.ModelVersion:
+    """Resolve `models:/NAME@ALIAS` or `models:/NAME/VERSION` to its model version.
+
+    Raises `MedbenchError` that names the missing model, alias or version and lists what exists.
+    """
+    if not uri.startswith("models:/"):
+        raise MedbenchError(f"Model URI {uri!r} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION.")
+    reference = uri[len("models:/"):]
+    if "@" in reference:
+        name, _, alias = reference.partition("@")
+    else:
+        name, _, version = reference.partition("/")
+        alias = None
+    client = MlflowClient()
+    versions = model_versions(name) if name else []
+    if not versions:
+        names = sorted(m.name for m in client.search_registered_models())
+        raise MedbenchError(
+            f"Registered model {name!r} not found in {tracking_uri()}. Registered models: "
+            f"{', '.join(names) or 'none'}. Check the name, or set MLFLOW_TRACKING_URI to the store that holds it."
+        )
+    if alias is not None:
+        found = model_version_by_alias(name, alias)
+        if found is None:
+            aliases = sorted(a for v in versions for a in (v.aliases or []))
+            raise MedbenchError(
+                f"Registered model {name!r} has no alias {alias!r}. Its aliases: {', '.join(aliases) or 'none'}; "
+                f"run `medbench compare` to set `champion`, or use models:/{name}/VERSION."
+            )
+        return found
+    for candidate in versions:
+        if str(candidate.version) == version:
+            return candidate
+    raise MedbenchError(
+        f"Registered model {name!r} has no version {version!r}. Versions: "
+        f"{', '.join(sorted((str(v.version) for v in versions), key=int))}."
+    )
+
+
+def model_metadata(uri: str) -> dict[str, Any]:
+    """The metadata dictionary stored with a logged or registered model (empty if none)."""
+    try:
+        return dict(mlflow.models.get_model_info(uri).metadata or {})
+    except mlflow.exceptions.MlflowException as error:
+        raise MedbenchError(f"Cannot read model {uri!r} from {tracking_uri()}: {error}") from error
+
+
+def get_run(run_id: str) -> mlflow.entities.Run:
+    return MlflowClient().get_run(run_id)
