@@ -210,5 +210,6 @@ def fit(
 
     if state.best_epoch < 0:
         raise MedbenchError(f"Validation {MONITOR} was undefined in every epoch: the validation split has no foreground.")
-    model.load_state_dict(load_checkpoint(best_path)["model"])
+    if state.best_epoch != epochs_run - 1:  # otherwise the weights in memory are the best ones
+        model.load_state_dict(load_checkpoint(best_path)["model"])
     return FitResult(state.best_epoch, state.stopper.best, epochs_run, best_path)
