@@ -63,6 +63,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deterministic", type=boolean, nargs="?", const=True, help="deterministic algorithms")
     parser.add_argument("--experiment", type=text, help="MLflow experiment name (default medbench)")
     parser.add_argument("--register", type=boolean, nargs="?", const=True, help="register the model (default true)")
+    parser.add_argument("--channels-last", type=boolean, nargs="?", const=True,
+                        help="channels-last memory format for the model and inputs (default false)")
+    parser.add_argument("--compile", type=boolean, nargs="?", const=True,
+                        help="run the model through torch.compile (default false)")
+    parser.add_argument("--resume", type=text,
+                        help="continue an interrupted run from its last checkpoint: 'last' or an MLflow run id")
 
 
 def _config_from_args(args: argparse.Namespace):

@@ -7,13 +7,18 @@ Field names are the MLproject parameter names and, with dashes, the command-line
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from medbench.data.duplicates import NEAR_DUPLICATE_DISTANCE
 from medbench.errors import MedbenchError, unknown_name_error
 
-__all__ = ["PRESETS", "PrepareConfig", "TrainConfig", "resolve_train_config"]
+__all__ = ["MAX_IMAGE_SIZE", "PRESETS", "PrepareConfig", "TrainConfig", "resolve_train_config"]
+
+# Largest working resolution: eight times the reference protocol's 512. The prepared
+# arrays hold every image at this size, so a mistyped value would fill the disk.
+MAX_IMAGE_SIZE = 4096
 
 
 # Protocol presets. `paper` follows Borst and Kounev (arXiv 2603.13044): 512x512 input,
@@ -77,6 +82,13 @@ class TrainConfig:
         deterministic: use deterministic algorithms (slower on GPU).
         experiment: MLflow experiment name.
         register: register the trained model in the MLflow model registry.
+        channels_last: keep the model and its inputs in channels-last memory format
+            (faster convolutions on recent GPUs).
+        compile: run the model through `torch.compile` (slow first steps, faster later
+            ones; needs a C++ compiler on the CPU).
+        resume: continue an interrupted run from its `last.pt`: `None` (or an empty
+            string, `false`) starts a new run, `last` picks the latest unfinished run
+            with this run name in the experiment, anything else is an MLflow run id.
     """
 
     model: str
@@ -103,8 +115,12 @@ class TrainConfig:
     deterministic: bool = True
     experiment: str = "medbench"
     register: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    resume: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         checks = [
             (self.num_folds >= 2, f"num_folds must be at least 2, got {self.num_folds}"),
             (
@@ -113,6 +129,10 @@ class TrainConfig:
             ),
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.image_size >= 32, f"image_size must be at least 32 pixels, got {self.image_size}"),
+            (
+                self.image_size <= MAX_IMAGE_SIZE,
+                f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got {self.image_size}",
+            ),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.weight_decay >= 0, f"weight_decay must be non-negative, got {self.weight_decay}"),
@@ -123,10 +143,25 @@ class TrainConfig:
                 f"max_images must be at least 2 * num_folds = {2 * self.num_folds}, got {self.max_images}",
             ),
             (self.num_workers >= 0, f"num_workers must be non-negative, got {self.num_workers}"),
+            (
+                self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None,
+                f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise MedbenchError(message + ".")
+
+    def _check_types(self) -> None:
+        # Callers of the Python API pass values without argparse's conversion; a string
+        # epoch count would otherwise fail deep inside training with a TypeError.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            allowed = _FIELD_TYPES[str(field.type)]
+            is_bool_for_number = isinstance(value, bool) and bool not in allowed
+            if not isinstance(value, allowed) or is_bool_for_number:
+                names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+                raise MedbenchError(f"{field.name} must be {names}, got {value!r} of type {type(value).__name__}.")
 
     @property
     def run_name(self) -> str:
@@ -134,6 +169,16 @@ class TrainConfig:
 
     def as_params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "str | None": (str, type(None)),
+    "int": (int,),
+    "int | None": (int, type(None)),
+    "float": (float, int),
+    "bool": (bool,),
+}
 
 
 def resolve_train_config(preset: str = "quick", **fields: Any) -> TrainConfig:
@@ -148,6 +193,8 @@ def resolve_train_config(preset: str = "quick", **fields: Any) -> TrainConfig:
     values.update({k: v for k, v in fields.items() if v is not None})
     if values.get("max_images") == 0:
         values["max_images"] = None
+    if str(values.get("resume")).strip().lower() in ("", "none", "false", "0", "no", "off"):
+        values["resume"] = None
     return TrainConfig(preset=preset, **values)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import spatial
 
 __all__ = [
     "HD95Result",
@@ -139,8 +139,23 @@ class HD95Result:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    # Pixels of the mask that have a 4-connected neighbour outside it (or at the border).
-    return mask & ~ndimage.binary_erosion(mask)
+    """Pixels of `mask` with a 4-connected neighbour outside it or outside the array.
+
+    Equal to `mask & ~scipy.ndimage.binary_erosion(mask)` (cross structure, border value
+    0), written as four shifted comparisons because that runs several times faster than
+    SciPy's general-structure erosion on the crops that `hd95` passes.
+    """
+    padded = np.pad(mask, 1)
+    interior = (
+        padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    )
+    return mask & ~interior
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def hd95(
@@ -166,8 +181,8 @@ def hd95(
         spacing: pixel size per axis (row, column); unit spacing when `None`.
         worst_case: value for the one-empty case.
     """
-    prediction = np.asarray(prediction).astype(bool)
-    target = np.asarray(target).astype(bool)
+    prediction = np.asarray(prediction, dtype=bool)
+    target = np.asarray(target, dtype=bool)
     if prediction.shape != target.shape or prediction.ndim != 2:
         raise ValueError(
             f"hd95 needs two 2-D masks of one shape, got {prediction.shape} and {target.shape}."
@@ -181,17 +196,41 @@ def hd95(
     if not has_prediction or not has_target:
         return HD95Result(float(worst_case), "one_empty")
 
-    # Every surface pixel lies inside the bounding box of the union, so the distance
-    # transforms can run on that crop (one pixel of margin keeps the border rule).
-    rows, cols = np.nonzero(prediction | target)
-    r0, r1 = max(rows.min() - 1, 0), rows.max() + 2
-    c0, c1 = max(cols.min() - 1, 0), cols.max() + 2
-    surface_p = _surface(prediction)[r0:r1, c0:c1]
-    surface_t = _surface(target)[r0:r1, c0:c1]
-    to_target = ndimage.distance_transform_edt(~surface_t, sampling=sampling)[surface_p]
-    to_prediction = ndimage.distance_transform_edt(~surface_p, sampling=sampling)[surface_t]
+    # Surfaces only depend on the pixels of each mask and the array border, so each mask is
+    # cropped to its own bounding box, grown by one pixel where that stays inside the image
+    # (the border rule stays unchanged). Nearest-surface distances come from a k-d tree
+    # over the surface pixel coordinates; they equal the Euclidean distance transform of
+    # the other surface sampled at these pixels, at a fraction of the cost.
+    surface_p, surface_t = (_surface_in_image(mask) for mask in (prediction, target))
+    shared = surface_p & surface_t  # distance 0 in both directions, no search needed
+    only_p, only_t = _coordinates(surface_p & ~shared, sampling), _coordinates(surface_t & ~shared, sampling)
+    all_p, all_t = _coordinates(surface_p, sampling), _coordinates(surface_t, sampling)
+    zeros = np.zeros(int(shared.sum()))
+    to_target = np.concatenate([zeros, _nearest_distances(only_p, all_t)])
+    to_prediction = np.concatenate([zeros, _nearest_distances(only_t, all_p)])
     value = max(np.percentile(to_target, 95), np.percentile(to_prediction, 95))
     return HD95Result(float(value), "ok")
+
+
+def _surface_in_image(mask: np.ndarray) -> np.ndarray:
+    surface = np.zeros_like(mask)
+    rows, cols = _bounding_box(mask)
+    rows = slice(max(rows.start - 1, 0), rows.stop + 1)
+    cols = slice(max(cols.start - 1, 0), cols.stop + 1)
+    surface[rows, cols] = _surface(mask[rows, cols])
+    return surface
+
+
+def _coordinates(mask: np.ndarray, sampling: np.ndarray) -> np.ndarray:
+    rows, cols = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    return np.stack([rows * sampling[0], cols * sampling[1]], axis=1)
+
+
+def _nearest_distances(points: np.ndarray, surface: np.ndarray) -> np.ndarray:
+    if not len(points):
+        return np.zeros(0)
+    tree = spatial.cKDTree(surface, balanced_tree=False, compact_nodes=False)  # faster to build
+    return tree.query(points)[0]
 
 
 def hd95_per_class(

@@ -34,6 +34,7 @@ __all__ = [
     "check_tracking_store",
     "code_version",
     "download_run_artifact",
+    "find_run_to_resume",
     "find_runs",
     "get_run",
     "list_run_artifacts",
@@ -121,6 +122,23 @@ class RunLogger:
         if finite:
             mlflow.log_metrics(finite, step=step, synchronous=False)
 
+    def log_missing_metrics(self, history: list[Mapping[str, float]]) -> int:
+        """Log the entries of `history` (one metrics dict per epoch, epoch = index) that the run lacks.
+
+        Asynchronous logging loses the last queued metrics when a process is killed; a
+        resumed run calls this with the history from its checkpoint. Returns how many
+        (metric, epoch) values were logged.
+        """
+        store = client()
+        logged = 0
+        for key in sorted({key for metrics in history for key in metrics}):
+            steps = {m.step for m in store.get_metric_history(self.run_id, key)}
+            for epoch, metrics in enumerate(history):
+                if key in metrics and epoch not in steps:
+                    self.log_metrics({key: metrics[key]}, step=epoch)
+                    logged += 1
+        return logged
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 
@@ -182,18 +200,72 @@ def _installed_versions(*names: str) -> dict[str, str]:
     return found
 
 
+# Statuses of a run that ended without finishing (RUNNING: the process was killed).
+UNFINISHED_STATUSES = ("RUNNING", "FAILED", "KILLED")
+
+
+def find_run_to_resume(experiment: str, run_name: str, resume: str) -> str:
+    """Return the id of the run to continue: `resume` is `last` or an MLflow run id.
+
+    `last` is the most recently started run named `run_name` in `experiment` whose status
+    is RUNNING (its process was killed), FAILED or KILLED. Raises `MedbenchError` when
+    there is no such run, the id is unknown, or the run has FINISHED.
+    """
+    store = client()
+    if resume == "last":
+        found = mlflow.get_experiment_by_name(experiment)
+        # MLflow's search accepts no list of statuses, so the newest unfinished one is picked here.
+        candidates = [] if found is None else store.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.mlflow.runName = '{run_name}' and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+        )
+        runs = [run for run in candidates if run.info.status in UNFINISHED_STATUSES]
+        if not runs:
+            raise MedbenchError(
+                f"No unfinished run named {run_name!r} in experiment {experiment!r} at {tracking_uri()} to "
+                "resume. Start without --resume, or pass the run id."
+            )
+        return runs[0].info.run_id
+    try:
+        run = store.get_run(resume)
+    except mlflow.exceptions.MlflowException as error:
+        raise MedbenchError(f"Cannot resume run {resume!r}: it was not found at {tracking_uri()} ({error}).") from error
+    if run.info.status not in UNFINISHED_STATUSES:
+        raise MedbenchError(
+            f"Cannot resume run {resume!r}: its status is {run.info.status}, not one of "
+            f"{', '.join(UNFINISHED_STATUSES)}. Start a new run instead."
+        )
+    if run.info.run_name != run_name:
+        raise MedbenchError(
+            f"Cannot resume run {resume!r} as {run_name!r}: it is named {run.info.run_name!r}. Pass the "
+            "model, dataset, fold and seed of that run."
+        )
+    return resume
+
+
 @contextmanager
 def start_run(
-    experiment: str, run_name: str, tags: Mapping[str, Any] | None = None, nested: bool = False
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, Any] | None = None,
+    nested: bool = False,
+    run_id: str | None = None,
 ) -> Iterator[RunLogger]:
     """Open an MLflow run; on an exception mark it FAILED with the reason as a tag.
 
-    Under `mlflow run`, the run that MLflow Projects created (`MLFLOW_RUN_ID`) is used and
+    With `run_id`, that existing run is reopened (its status returns to RUNNING). Under
+    `mlflow run`, the run that MLflow Projects created (`MLFLOW_RUN_ID`) is used and
     renamed; otherwise a new run starts in `experiment`.
     """
     check_tracking_store()
     project_run = os.environ.get("MLFLOW_RUN_ID") if not nested else None
-    if project_run:
+    if run_id:
+        # NOTE: under `mlflow run`, the run that MLflow Projects created stays empty.
+        run = mlflow.start_run(run_id=run_id)
+        if FAILURE_TAG in run.data.tags:  # the reason of the earlier failure no longer holds
+            client().delete_tag(run_id, FAILURE_TAG)
+    elif project_run:
         run = mlflow.start_run(run_id=project_run)
         mlflow.set_tag("mlflow.runName", run_name)
     else:

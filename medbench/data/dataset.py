@@ -11,7 +11,15 @@ from torch.utils.data import Dataset
 
 from medbench.data.prepare import PreparedDataset
 
-__all__ = ["AUGMENTATIONS", "NORMALIZATION", "SegmentationDataset", "augmentation", "describe_augmentation", "to_tensor"]
+__all__ = [
+    "AUGMENTATIONS",
+    "NORMALIZATION",
+    "SegmentationDataset",
+    "augmentation",
+    "describe_augmentation",
+    "seed_worker_augmentation",
+    "to_tensor",
+]
 
 # ImageNet statistics: every model gets the same input scaling, pretrained or not.
 NORMALIZATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -108,3 +116,16 @@ class SegmentationDataset(Dataset):
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return to_tensor(image), torch.from_numpy(mask.astype(np.int64)), index
+
+
+def seed_worker_augmentation(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: seed the worker's copy of the augmentation from its torch seed.
+
+    Without it every worker process starts from the main process's augmentation state in
+    every epoch and repeats the same augmentations. The torch seed of a worker derives
+    from the loader's generator, so the augmentation stays reproducible and resumable.
+    """
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,26 +13,61 @@ import torch
 
 from medbench.errors import MedbenchError
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "remove_stale_temporary_files", "save_checkpoint"]
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, state: dict[str, Any], copies: Sequence[Path] = ()) -> None:
     """Write `state` to `path` atomically: a kill mid-write leaves the previous file intact.
 
     The state is written to a temporary file in the same folder, flushed to disk, then
-    renamed over `path` (an atomic replace on POSIX file systems).
+    renamed over `path` (an atomic replace on POSIX file systems). Each path in `copies`
+    (in the same folder) receives the same file, as a hard link where the file system
+    allows it, so the state is serialized once; the copies are replaced before `path`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    written = _temporary_path(path)
     try:
-        with handle:
+        with open(written, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        for copy in copies:
+            _replace_with_copy(written, copy)
+        os.replace(written, path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        written.unlink(missing_ok=True)
         raise
+
+
+def _temporary_path(path: Path) -> Path:
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    return Path(name)
+
+
+def _replace_with_copy(source: Path, target: Path) -> None:
+    staged = _temporary_path(target)
+    try:
+        staged.unlink()
+        try:
+            os.link(source, staged)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(source, staged)
+        os.replace(staged, target)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporary_files(folder: Path) -> int:
+    """Delete temporary files that a killed `save_checkpoint` left in `folder`; return how many.
+
+    Call it only while no other process writes checkpoints into `folder`.
+    """
+    stale = list(Path(folder).glob(".*.pt.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

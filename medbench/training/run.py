@@ -19,9 +19,12 @@ from medbench import tracking
 from medbench.config import TrainConfig
 from medbench.data import NORMALIZATION, PreparedDataset, SegmentationDataset, augmentation, prepare_dataset
 from medbench.data import describe_augmentation
+from medbench.data.dataset import seed_worker_augmentation
+from medbench.errors import MedbenchError
 from medbench.models import create_model, get_model_info
 from medbench.training.evaluate import Evaluation, evaluate
 from medbench.training.losses import SegmentationLoss
+from medbench.training.checkpoint import load_checkpoint, remove_stale_temporary_files
 from medbench.training.loop import fit
 from medbench.visualize import save_prediction_grid
 
@@ -53,9 +56,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when available, else the CPU), `cpu`, `cuda`, `cuda:N` or `mps`, checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise MedbenchError(
+            f"Device {name!r} is not available here ({torch.cuda.device_count()} CUDA devices). "
+            "Pass --device cpu or --device auto."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise MedbenchError(f"Device {name!r} is not available here. Pass --device cpu or --device auto.")
+    return device
 
 
 def registered_model_name(dataset: str, model: str) -> str:
@@ -72,7 +84,8 @@ def _loaders(config: TrainConfig, prepared: PreparedDataset) -> tuple[DataLoader
     generator = torch.Generator().manual_seed(config.seed)
     train_set = SegmentationDataset(prepared, train_indices, augmentation(prepared.augmentation, config.seed))
     val_set = SegmentationDataset(prepared, val_indices)
-    common = {"num_workers": config.num_workers, "pin_memory": torch.cuda.is_available()}
+    common = {"num_workers": config.num_workers, "pin_memory": torch.cuda.is_available(),
+              "worker_init_fn": seed_worker_augmentation}
     return (
         DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(train_set) > config.batch_size,
                    generator=generator, **common),
@@ -88,9 +101,14 @@ def train(config: TrainConfig) -> TrainResult:
     splits, a per-image metrics CSV, a predictions PNG and the model, registered as
     `medbench-<dataset>-<model>` when `config.register` is set.
     """
+    # Checks that need no data come first, so a bad store or run id wastes no preparation.
+    tracking.check_tracking_store()
     info = get_model_info(config.model)
-    seed_everything(config.seed, config.deterministic)
     device = resolve_device(config.device)
+    resume_id = None
+    if config.resume:
+        resume_id = tracking.find_run_to_resume(config.experiment, config.run_name, config.resume)
+    seed_everything(config.seed, config.deterministic)
     amp = config.amp and info.allow_amp and device.type == "cuda"
 
     prepared = prepare_dataset(
@@ -109,10 +127,11 @@ def train(config: TrainConfig) -> TrainResult:
         "code_version": tracking.code_version(),
     }
 
-    with tracking.start_run(config.experiment, config.run_name, tags) as run:
+    with tracking.start_run(config.experiment, config.run_name, tags, run_id=resume_id) as run:
         # Resolved values under `config.<field>`: under `mlflow run`, MLflow Projects has
         # already logged the raw parameters (empty for "use the preset") under the plain names.
-        run.log_params({f"config.{k}": v for k, v in config.as_params().items()})
+        # A resumed run keeps its first `config.resume` (MLflow params cannot change).
+        run.log_params({f"config.{k}": v for k, v in config.as_params().items() if not (resume_id and k == "resume")})
         run.log_params({
             "num_classes": prepared.num_classes,
             "class_names": ",".join(prepared.class_names),
@@ -129,6 +148,10 @@ def train(config: TrainConfig) -> TrainResult:
         run.log_artifact(prepared.path / "splits.json", "data")
         run.log_dict(describe_augmentation(prepared.augmentation, config.seed), "data/augmentation.json")
         checkpoint_dir = output_dir() / config.run_name / run.run_id
+        resume_from = _resume_checkpoint(checkpoint_dir, config) if resume_id else None
+        if resume_from is not None:
+            run.set_tags({"medbench.resumed_from_epoch": resume_from["epoch"]})
+            run.log_missing_metrics(resume_from["history"])
         extra = {
             "config": dataclasses.asdict(config),
             "model_name": config.model,
@@ -144,6 +167,7 @@ def train(config: TrainConfig) -> TrainResult:
             patience=config.patience, min_delta=config.min_delta, device=device, amp=amp,
             class_names=prepared.class_names, checkpoint_dir=checkpoint_dir, checkpoint_extra=extra,
             log_metrics=lambda metrics, epoch: run.log_metrics(metrics, step=epoch),
+            resume_from=resume_from, channels_last=config.channels_last, compile=config.compile,
         )
         run.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
         run.log_artifact(result.best_checkpoint, "checkpoints")
@@ -162,6 +186,29 @@ def train(config: TrainConfig) -> TrainResult:
                       "normalization": extra["normalization"], "run_name": config.run_name},
         )
         return TrainResult(run.run_id, scores, version, result.best_checkpoint)
+
+
+def _resume_checkpoint(checkpoint_dir: Path, config: TrainConfig) -> dict | None:
+    """Load `last.pt` of the run being resumed, after checking it was written with `config`."""
+    removed = remove_stale_temporary_files(checkpoint_dir)
+    if removed:
+        log.info("Removed %d temporary files of an interrupted checkpoint write in %s", removed, checkpoint_dir)
+    path = checkpoint_dir / "last.pt"
+    if not path.is_file():
+        log.warning("The resumed run has no checkpoint %s yet; training starts again at epoch 0 in that run", path)
+        return None
+    state = load_checkpoint(path)
+    saved = state["config"]
+    current = dataclasses.asdict(config)
+    differing = sorted(k for k in current if k != "resume" and saved.get(k) != current[k])
+    if differing:
+        changes = ", ".join(f"{k}={saved.get(k)!r} (now {current[k]!r})" for k in differing)
+        raise MedbenchError(
+            f"Checkpoint {path} was written with other settings: {changes}. Resume with the options of "
+            "the interrupted run."
+        )
+    log.info("Resuming run from %s after epoch %d (step %d)", path, state["epoch"], state["step"])
+    return state
 
 
 def _log_reports(run: tracking.RunLogger, final: Evaluation, prepared: PreparedDataset) -> None:
