@@ -76,6 +76,8 @@ class TrainConfig:
         deterministic: use deterministic algorithms (slower on GPU).
         experiment: MLflow experiment name.
         register: register the trained model in the MLflow model registry.
+        explain: at the end of the run, Grad-CAM maps and scores of the N worst and N
+            random test images (`medbench explain`); 0 turns it off.
     """
 
     model: str
@@ -102,6 +104,7 @@ class TrainConfig:
     deterministic: bool = True
     experiment: str = "medbench"
     register: bool = True
+    explain: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -122,6 +125,7 @@ class TrainConfig:
                 f"max_images must be at least 2 * num_folds = {2 * self.num_folds}, got {self.max_images}",
             ),
             (self.num_workers >= 0, f"num_workers must be non-negative, got {self.num_workers}"),
+            (self.explain >= 0, f"explain must be non-negative, got {self.explain}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -33,7 +34,11 @@ __all__ = [
     "RunLogger",
     "check_tracking_store",
     "code_version",
+    "download_run_artifact",
+    "get_run",
     "load_model",
+    "log_to_run",
+    "model_source_run",
     "metric_key",
     "start_run",
     "tracking_uri",
@@ -218,3 +223,70 @@ def load_model(uri: str) -> torch.nn.Module:
 
 def client() -> MlflowClient:
     return MlflowClient()
+
+
+def get_run(run_id: str) -> mlflow.entities.Run:
+    """Return run `run_id` of the tracking store; a missing run raises `MedbenchError`."""
+    check_tracking_store()
+    try:
+        return client().get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise MedbenchError(
+            f"Run {run_id!r} was not found in the tracking store {tracking_uri()}. Check the id in the "
+            "MLflow UI, or set MLFLOW_TRACKING_URI to the store that holds the run."
+        ) from error
+
+
+def download_run_artifact(run_id: str, artifact_path: str, destination: Path) -> Path | None:
+    """Download artifact `artifact_path` of run `run_id` into `destination`; `None` if it is missing."""
+    folder, _, name = artifact_path.rpartition("/")
+    if name not in {Path(f.path).name for f in client().list_artifacts(run_id, folder or None)}:
+        return None
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(destination)))
+
+
+def model_source_run(uri: str) -> str:
+    """Return the id of the run that logged model `uri` (`models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/ID/...`)."""
+    check_tracking_store()
+    if uri.startswith("runs:/"):
+        return uri.removeprefix("runs:/").split("/", 1)[0]
+    if not uri.startswith("models:/"):
+        raise MedbenchError(
+            f"Model URI {uri!r} is not supported; use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model."
+        )
+    reference = uri.removeprefix("models:/").rstrip("/")
+    try:
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = client().get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = reference.partition("/")
+            version = client().get_model_version(name, number)
+    except mlflow.exceptions.MlflowException as error:
+        raise MedbenchError(f"Model {uri!r} was not found in the registry of {tracking_uri()}: {error}") from error
+    if not version.run_id:
+        raise MedbenchError(f"Model {uri!r} was registered without a source run; medbench explains runs it trained.")
+    return version.run_id
+
+
+def log_to_run(
+    run_id: str,
+    metrics: Mapping[str, float],
+    tags: Mapping[str, Any],
+    artifacts: Path | None = None,
+    artifact_path: str | None = None,
+) -> None:
+    """Log finite metrics, tags and a folder of artifacts to run `run_id`, active or finished.
+
+    The run's status and end time stay as they are.
+    """
+    timestamp = int(time.time() * 1000)
+    finite = [
+        mlflow.entities.Metric(key, float(value), timestamp, 0)
+        for key, value in metrics.items() if value is not None and math.isfinite(float(value))
+    ]
+    client().log_batch(
+        run_id, metrics=finite, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()]
+    )
+    if artifacts is not None:
+        client().log_artifacts(run_id, str(artifacts), artifact_path)
