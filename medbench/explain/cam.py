@@ -20,7 +20,16 @@ from torch import nn
 
 from medbench.errors import MedbenchError, unknown_name_error
 
-__all__ = ["CAM_METHODS", "LayerOutput", "TargetLayer", "compute_cam", "find_target_layer", "make_cam"]
+__all__ = [
+    "CAM_METHODS",
+    "LayerOutput",
+    "LayerProbe",
+    "TargetLayer",
+    "compute_cam",
+    "find_target_layer",
+    "make_cam",
+    "probe_layers",
+]
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
 
@@ -115,14 +124,27 @@ def _classify(small: tuple[int, ...], large: tuple[int, ...]) -> str | None:
     return None
 
 
-def probe_layers(model: nn.Module, in_channels: int) -> tuple[dict[str, LayerOutput], list[str], int]:
-    """Run two probe inputs through `model` and classify every submodule's output.
+@dataclass(frozen=True)
+class LayerProbe:
+    """Output layouts of a model's submodules, measured once by `probe_layers`.
 
-    Returns the layouts of the submodules whose output is a spatial map, all submodule
-    names in the order their forward calls finished, and the number of logit channels K.
-    Left out are outputs that a later operation changes in place (Grad-CAM would read the
-    changed values) and modules called more than once per forward pass (Grad-CAM keeps one
-    activation per layer).
+    Attributes:
+        layouts: dotted name -> layout, for the submodules whose output is a spatial map.
+        order: all submodule names in the order their forward calls finished.
+        num_classes: logit channels K of the model.
+    """
+
+    layouts: dict[str, LayerOutput]
+    order: list[str]
+    num_classes: int
+
+
+def probe_layers(model: nn.Module, in_channels: int = 3) -> LayerProbe:
+    """Run two probe inputs through `model` in eval mode and classify every submodule's output.
+
+    Left out of `layouts` are outputs that a later operation changes in place (Grad-CAM
+    would read the changed values) and modules called more than once per forward pass
+    (Grad-CAM keeps one activation per layer).
     """
     names = {module: name for name, module in model.named_modules() if name}
     shapes: list[dict[str, tuple[int, ...]]] = [{}, {}]
@@ -130,6 +152,8 @@ def probe_layers(model: nn.Module, in_channels: int) -> tuple[dict[str, LayerOut
     called_again: set[str] = set()
     order: list[str] = []
     device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
 
     for probe, scale in enumerate((1, PROBE_SCALE)):
         records: list[tuple[str, torch.Tensor, int]] = []
@@ -145,6 +169,7 @@ def probe_layers(model: nn.Module, in_channels: int) -> tuple[dict[str, LayerOut
         finally:
             for handle in handles:
                 handle.remove()
+            model.train(was_training)
         for name, output, version in records:
             if name in shapes[probe]:
                 called_again.add(name)
@@ -161,10 +186,12 @@ def probe_layers(model: nn.Module, in_channels: int) -> tuple[dict[str, LayerOut
         layout = _classify(shapes[0][name], shapes[1][name])
         if layout is not None:
             layouts[name] = LayerOutput(layout, shapes[0][name])
-    return layouts, order, int(logits.shape[1])
+    return LayerProbe(layouts, order, int(logits.shape[1]))
 
 
-def find_target_layer(model: nn.Module, name: str | None = None, in_channels: int = 3) -> TargetLayer:
+def find_target_layer(
+    model: nn.Module, name: str | None = None, in_channels: int = 3, probe: LayerProbe | None = None
+) -> TargetLayer:
     """Find the layer whose output Grad-CAM uses.
 
     Args:
@@ -174,17 +201,15 @@ def find_target_layer(model: nn.Module, name: str | None = None, in_channels: in
             whose output is a spatial feature map: (B, C, h, w), (B, h, w, C) or tokens
             (B, h * w, C), with h and w above 1, not changed in place afterwards, and with
             C different from K (outputs with K channels are taken for logits).
+        in_channels: channels of the model's input.
+        probe: the result of `probe_layers(model)`, to reuse; measured here when `None`.
 
     Raises:
         MedbenchError: `name` is not a module of `model` (the message lists the closest
             names), or its output is not a spatial feature map.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        layouts, order, num_classes = probe_layers(model, in_channels)
-    finally:
-        model.train(was_training)
+    probe = probe or probe_layers(model, in_channels)
+    layouts, order, num_classes = probe.layouts, probe.order, probe.num_classes
 
     if name is None:
         candidates = [
