@@ -34,8 +34,8 @@ __all__ = [
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
 
 # Two probe inputs of one aspect ratio, the second twice the side of the first. A spatial
-# axis of a layer's output grows with the input, about 2x (padding to a multiple of the
-# model's stride may add a little); a token axis about 4x; channel axes stay the same.
+# axis of a layer's output grows about 2x with the input, a little more where the model
+# pads to a multiple of its stride. A token axis grows about 4x, and channel axes stay.
 PROBE_SIZE = (64, 96)
 PROBE_SCALE = 2
 SPATIAL_GROWTH = (1.5, 3.0)
@@ -46,7 +46,7 @@ LISTED_CANDIDATES = 10
 
 @dataclass(frozen=True)
 class LayerOutput:
-    """How a module lays out its output.
+    """Output layout of a module.
 
     `layout` is `channels_first` (B, C, h, w), `channels_last` (B, h, w, C) or `tokens`
     (B, N, C) with N = h * w; `shape` is the output shape at the first probe input.
@@ -101,8 +101,8 @@ def _grew(small: int, large: int, bounds: tuple[float, float]) -> bool:
 def _classify(small: tuple[int, ...], large: tuple[int, ...]) -> str | None:
     """Layout of an output of shape `small` at the first probe and `large` at the second.
 
-    Models that resize every input to one internal size give the same shape at both probes;
-    then a square pair of axes marks the spatial ones.
+    Models that resize every input to one internal size give the same shape at both
+    probes, so there a square pair of axes marks the spatial ones.
     """
     if small[0] != 1 or large[0] != 1 or len(small) != len(large):
         return None  # the batch axis moved (windows, heads): not one map per image
@@ -199,8 +199,9 @@ def find_target_layer(
         name: dotted module name (`model.get_submodule(name)`), usually the registry's
             `ModelInfo.gradcam_layer`. `None` picks the last module, in forward order,
             whose output is a spatial feature map: (B, C, h, w), (B, h, w, C) or tokens
-            (B, h * w, C), with h and w above 1, not changed in place afterwards, and with
-            C different from K (outputs with K channels are taken for logits).
+            (B, h * w, C) with h and w above 1. That output must stay unchanged by later
+            in-place operations, and C must differ from K because outputs with K
+            channels are taken for logits.
         in_channels: channels of the model's input.
         probe: the result of `probe_layers(model)`, to reuse; measured here when `None`.
 
@@ -257,7 +258,7 @@ def make_cam(model: nn.Module, layer: TargetLayer, method: str, input_size: tupl
 
 
 def compute_cam(cam, image: torch.Tensor, class_index: int, region: np.ndarray) -> np.ndarray:
-    """Class activation map of one image for the logits of `class_index` summed over `region`.
+    """Compute the class activation map of one image for the logits of `class_index` summed over `region`.
 
     Args:
         cam: a CAM object from `make_cam`.

@@ -47,7 +47,7 @@ EVALUATION_BATCH_SIZE = 8
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    """What to explain and how. Field names are the flags of `medbench explain`.
+    """Settings of one explanation. Field names are the flags of `medbench explain`.
 
     Attributes:
         run_id: MLflow run trained by `medbench train`; its checkpoint is explained.
@@ -87,7 +87,7 @@ class ExplainConfig:
 
 @dataclass(frozen=True)
 class ExplainResult:
-    """Where the maps went and what they scored.
+    """Outcome of one explanation: the run that received the maps, and their scores.
 
     Attributes:
         run_id: run that received the artifacts and metrics.
@@ -197,7 +197,7 @@ def _run_settings(run) -> _RunSettings:
 
 
 def _load_model(config: ExplainConfig, run_id: str, tmp: Path) -> nn.Module:
-    """The model of `config.model_uri`, else the run's best checkpoint, else the model logged by the run."""
+    """Load the model of `config.model_uri`, else the run's best checkpoint, else the model logged by the run."""
     if config.model_uri is not None:
         return tracking.load_model(config.model_uri)
     checkpoint = tracking.download_run_artifact(run_id, CHECKPOINT_ARTIFACT, tmp)

@@ -28,7 +28,7 @@ def otsu_mask(cam: np.ndarray) -> np.ndarray:
 
 
 def cam_iou(cam: np.ndarray, target: np.ndarray) -> float:
-    """IoU of the Otsu-thresholded map and the ground-truth mask `target` (H, W).
+    """Compute the IoU of the Otsu-thresholded map and the ground-truth mask `target` (H, W).
 
     NaN when both the thresholded map and `target` are empty.
     """
@@ -38,7 +38,7 @@ def cam_iou(cam: np.ndarray, target: np.ndarray) -> float:
 
 
 def energy_pointing(cam: np.ndarray, target: np.ndarray) -> float:
-    """Energy-based pointing game: the share of the map's total value inside `target`.
+    """Compute the energy-based pointing game, the share of the map's total value inside `target`.
 
     The score of a uniform map is the mask's area share. NaN when the map sums to zero or
     the mask is empty (no ground truth to point at).
