@@ -57,15 +57,22 @@ def test_cam_every_model(name):
     model = create_model(name, in_channels=3, num_classes=2)
     train_steps(model, steps=5, lr=1e-3, batch=2)
     images, masks = square_batch(1, seed=99)
-    region = masks[0].numpy() == 1
+    square = masks[0].numpy() == 1
     probe = probe_layers(model)
 
     for layer_name in (get_model_info(name).gradcam_layer, None):
-        layer, cam = cam_of(model, layer_name, images[0], region, probe)
-        assert layer.name, name
-        assert cam.shape == (SIZE, SIZE), layer.name
-        assert np.isfinite(cam).all(), layer.name
-        assert cam.max() > cam.min(), f"{name}: constant CAM on layer {layer.name}"
+        layer = find_target_layer(model, layer_name, probe=probe)
+        cam = make_cam(model, layer, "gradcam", (SIZE, SIZE))
+        try:
+            maps = [compute_cam(cam, images[0], 1, square), compute_cam(cam, images[0], 0, ~square)]
+        finally:
+            cam.activations_and_grads.release()
+        for class_map in maps:
+            assert class_map.shape == (SIZE, SIZE), layer.name
+            assert np.isfinite(class_map).all(), layer.name
+        # Grad-CAM's ReLU zeroes a map where no channel raises the class. After 5 steps
+        # that happens to one of the two classes for some models, never to both.
+        assert any(m.max() > m.min() for m in maps), f"{name}: constant CAMs on layer {layer.name}"
 
 
 def test_bright_square_sanity():
