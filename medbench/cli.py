@@ -70,6 +70,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=text,
                         help="continue an interrupted run from its last checkpoint: 'last' or an MLflow run id")
 
+    parser.add_argument("--explain", type=integer, metavar="N",
+                        help="at the end, Grad-CAM for the N worst and N random test images (default 0: off)")
+
 
 def _config_from_args(args: argparse.Namespace):
     from medbench.config import TrainConfig, resolve_train_config
@@ -93,6 +96,39 @@ def _command_train(args: argparse.Namespace) -> int:
 
 def _count_parameters(name: str) -> int:
     """Parameters of model `name` for 2 classes, built without memory where the model allows it."""
+
+def parse_classes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class indices separated by commas, such as 1,2; got {text!r}")
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `ExplainConfig`; empty values (MLproject's unset parameters) take the defaults."""
+    integer, text = _optional(int), _optional(str)
+    parser.add_argument("--run-id", type=text, help="MLflow run trained by `medbench train`")
+    parser.add_argument("--model-uri", type=text, help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/model")
+    parser.add_argument("--samples", type=integer, metavar="N", help="N worst and N random test images (default 4)")
+    parser.add_argument("--method", type=text, help="gradcam or gradcam++ (default gradcam)")
+    parser.add_argument("--classes", type=_optional(parse_classes), help="foreground class indices, such as 1,2 (default all)")
+    parser.add_argument("--layer", type=text, help="dotted module name of the target layer (default: the registry's)")
+    parser.add_argument("--seed", type=integer, help="seed of the random image choice (default 0)")
+    parser.add_argument("--device", type=text, help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+def _command_explain(args: argparse.Namespace) -> int:
+    from medbench.explain import ExplainConfig, explain
+
+    fields = {name: getattr(args, name) for name in ExplainConfig.__dataclass_fields__}
+    result = explain(ExplainConfig(**{k: v for k, v in fields.items() if v is not None}))
+    print(f"run {result.run_id}: Grad-CAM on layer {result.layer}: " + ", ".join(
+        f"{k} {v:.4f}" for k, v in result.metrics.items() if k.count("/") == 1
+    ))
+    return 0
+
+
+def _command_models(args: argparse.Namespace) -> int:
     import torch
 
     from medbench.models import create_model
@@ -251,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="prepare a dataset (duplicates, arrays, splits) and log its card")
     add_prepare_arguments(prepare)
     prepare.set_defaults(handler=_command_prepare)
+
+    explain = commands.add_parser("explain", help="Grad-CAM maps and scores of a trained run, logged to the run")
+    add_explain_arguments(explain)
+    explain.set_defaults(handler=_command_explain)
 
     models = commands.add_parser("models", help="list registered models")
     models.add_argument("--family", choices=["SMA", "GP-VM", "peer"], help="only this family")

@@ -89,6 +89,9 @@ class TrainConfig:
         resume: continue an interrupted run from its `last.pt`: `None` (or an empty
             string, `false`) starts a new run, `last` picks the latest unfinished run
             with this run name in the experiment, anything else is an MLflow run id.
+
+        explain: at the end of the run, Grad-CAM maps and scores of the N worst and N
+            random test images (`medbench explain`); 0 turns it off.
     """
 
     model: str
@@ -119,6 +122,8 @@ class TrainConfig:
     compile: bool = False
     resume: str | None = None
 
+    explain: int = 0
+
     def __post_init__(self) -> None:
         self._check_types()
         checks = [
@@ -147,6 +152,8 @@ class TrainConfig:
                 self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None,
                 f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}",
             ),
+
+            (self.explain >= 0, f"explain must be non-negative, got {self.explain}"),
         ]
         for ok, message in checks:
             if not ok:

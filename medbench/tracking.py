@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -40,8 +41,10 @@ __all__ = [
     "list_run_artifacts",
     "load_model",
     "log_dataset_card",
+    "log_to_run",
     "metric_key",
     "model_metadata",
+    "model_source_run",
     "model_version_by_alias",
     "model_versions",
     "remove_model_alias",
@@ -463,4 +466,59 @@ def model_metadata(uri: str) -> dict[str, Any]:
 
 
 def get_run(run_id: str) -> mlflow.entities.Run:
-    return MlflowClient().get_run(run_id)
+    """Return run `run_id` of the tracking store; a missing run raises `MedbenchError`."""
+    check_tracking_store()
+    try:
+        return client().get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise MedbenchError(
+            f"Run {run_id!r} was not found in the tracking store {tracking_uri()}. Check the id in the "
+            "MLflow UI, or set MLFLOW_TRACKING_URI to the store that holds the run."
+        ) from error
+
+
+def model_source_run(uri: str) -> str:
+    """Return the id of the run that logged model `uri` (`models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/ID/...`)."""
+    check_tracking_store()
+    if uri.startswith("runs:/"):
+        return uri.removeprefix("runs:/").split("/", 1)[0]
+    if not uri.startswith("models:/"):
+        raise MedbenchError(
+            f"Model URI {uri!r} is not supported; use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model."
+        )
+    reference = uri.removeprefix("models:/").rstrip("/")
+    try:
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = client().get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = reference.partition("/")
+            version = client().get_model_version(name, number)
+    except mlflow.exceptions.MlflowException as error:
+        raise MedbenchError(f"Model {uri!r} was not found in the registry of {tracking_uri()}: {error}") from error
+    if not version.run_id:
+        raise MedbenchError(f"Model {uri!r} was registered without a source run; medbench explains runs it trained.")
+    return version.run_id
+
+
+def log_to_run(
+    run_id: str,
+    metrics: Mapping[str, float],
+    tags: Mapping[str, Any],
+    artifacts: Path | None = None,
+    artifact_path: str | None = None,
+) -> None:
+    """Log finite metrics, tags and a folder of artifacts to run `run_id`, active or finished.
+
+    The run's status and end time stay as they are.
+    """
+    timestamp = int(time.time() * 1000)
+    finite = [
+        mlflow.entities.Metric(key, float(value), timestamp, 0)
+        for key, value in metrics.items() if value is not None and math.isfinite(float(value))
+    ]
+    client().log_batch(
+        run_id, metrics=finite, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()]
+    )
+    if artifacts is not None:
+        client().log_artifacts(run_id, str(artifacts), artifact_path)

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-__all__ = ["CLASS_COLOURS", "save_prediction_grid"]
+__all__ = ["CLASS_COLOURS", "label_cmap", "save_prediction_grid"]
 
 # Background transparent-black, then distinct colours per foreground class.
 CLASS_COLOURS = np.array(
@@ -20,7 +20,8 @@ CLASS_COLOURS = np.array(
 ) / 255.0
 
 
-def _label_cmap(num_classes: int) -> ListedColormap:
+def label_cmap(num_classes: int) -> ListedColormap:
+    """Colour map of label maps: background black, then one colour per foreground class."""
     colours = [CLASS_COLOURS[k % len(CLASS_COLOURS)] for k in range(num_classes)]
     return ListedColormap(colours)
 
@@ -36,7 +37,7 @@ def save_prediction_grid(
     """Save one row per sample: image, ground truth, prediction (label maps coloured per class)."""
     rows = len(images)
     figure, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
-    cmap = _label_cmap(len(class_names))
+    cmap = label_cmap(len(class_names))
     for row in range(rows):
         panels = [(images[row], None, titles[row]), (targets[row], cmap, "ground truth"), (predictions[row], cmap, "prediction")]
         for column, (data, colours, title) in enumerate(panels):

@@ -185,6 +185,10 @@ def train(config: TrainConfig) -> TrainResult:
             metadata={"class_names": prepared.class_names, "image_size": config.image_size,
                       "normalization": extra["normalization"], "run_name": config.run_name},
         )
+        if config.explain:
+            from medbench.explain import explain_run  # imported here: medbench.explain imports this module
+
+            explain_run(run.run_id, config.explain, device=config.device)
         return TrainResult(run.run_id, scores, version, result.best_checkpoint)
 
 
