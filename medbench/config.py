@@ -121,7 +121,6 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     resume: str | None = None
-
     explain: int = 0
 
     def __post_init__(self) -> None:
