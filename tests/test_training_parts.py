@@ -74,3 +74,21 @@ def test_folds_deterministic_and_grouped():
     for group in set(groups):
         assert sum(any(i.startswith(group + "_") for i in f) for f in folds) == 1
     assert {len(f) for f in folds} == {6}
+
+
+def test_augmentation_steps_fire_independently():
+    import numpy as np
+
+    from medbench.data.dataset import augmentation
+
+    transform = augmentation("default", seed=0)
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[0, 1] = 255  # one marked pixel, off both diagonals
+    corners = set()
+    for _ in range(200):
+        out = transform(image=image, mask=image[..., 0])["mask"]
+        corners.add(tuple(np.argwhere(out == 255)[0]) if (out == 255).any() else None)
+    # Independent flips and rotations put the pixel at all eight border positions that
+    # the dihedral group reaches; correlated steps reach only some of them.
+    dihedral = {(0, 1), (0, 6), (7, 1), (7, 6), (1, 0), (6, 0), (1, 7), (6, 7)}
+    assert dihedral <= corners

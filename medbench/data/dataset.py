@@ -17,6 +17,7 @@ __all__ = [
     "SegmentationDataset",
     "augmentation",
     "describe_augmentation",
+    "seed_augmentation",
     "seed_worker_augmentation",
     "to_tensor",
 ]
@@ -74,7 +75,22 @@ def augmentation(name: str, seed: int) -> A.Compose | None:
     """
     if name == "none":
         return None
-    return A.Compose(_recipe_transforms(name), seed=seed)
+    transform = A.Compose(_recipe_transforms(name))
+    seed_augmentation(transform, seed)
+    return transform
+
+
+def seed_augmentation(transform: A.Compose, seed: int) -> None:
+    """Seed `transform` and give each of its steps its own generator derived from `seed`.
+
+    albumentations' `Compose.set_random_seed` (2.0.8) gives every step the same seed, so
+    steps with equal probabilities fire together: a horizontal flip always came with a
+    vertical one. Child seeds from `numpy.random.SeedSequence` keep the steps independent.
+    """
+    transform.set_random_seed(seed)
+    children = np.random.SeedSequence(seed).spawn(len(transform.transforms))
+    for step, child in zip(transform.transforms, children):
+        step.set_random_seed(int(child.generate_state(1)[0]))
 
 
 def describe_augmentation(name: str, seed: int) -> dict:
@@ -127,5 +143,5 @@ def seed_worker_augmentation(worker_id: int) -> None:
     """
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(info.seed % 2**32)
+    if isinstance(transform, A.Compose):
+        seed_augmentation(transform, info.seed % 2**32)
