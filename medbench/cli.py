@@ -99,6 +99,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pruner", type=text, help="none (default) or median")
     parser.add_argument("--heartbeat-interval", type=integer,
                         help="seconds between heartbeats of a running trial (default 30)")
+    parser.add_argument("--inner-val", type=_optional(parse_bool), nargs="?", const=True,
+                        help="stop early and read val/ objectives on an inner split of the training ids")
 
 
 def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +114,7 @@ def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fields_from_args(config_type: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The set arguments named after fields of `config_type`, except the nested training protocol."""
+    """Collect the set arguments named after fields of `config_type`, except the nested training protocol."""
     return {
         name: getattr(args, name)
         for name in config_type.__dataclass_fields__

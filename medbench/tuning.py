@@ -64,6 +64,8 @@ PRUNERS = ("none", "median")
 # Retries of a trial whose worker died; a trial that kills its worker every time stops
 # being retried after this many and counts as failed.
 MAX_RETRIES = 2
+# Seconds between looks at the study while a worker waits for other workers' trials.
+WAIT_POLL_S = 5
 
 # Scores an objective may read, and whether higher is better. Per-class forms
 # (`val/dice/<class>`) exist for PER_CLASS_SCORES; HD95 is computed only for `test/`.
@@ -124,6 +126,9 @@ class TuneConfig:
             objective after every epoch; needs a `val/` metric).
         heartbeat_interval: seconds between a running trial's heartbeats; a trial
             without one for twice this long is taken as dead and retried.
+        inner_val: train each trial with early stopping, and a `val/` objective, on an
+            inner validation split of the training ids, so that tuning never reads the
+            fold that `cv` later reports.
     """
 
     train: TrainConfig
@@ -138,6 +143,7 @@ class TuneConfig:
     weight_decay_range: tuple[float, ...] = (1e-4, 1e-1)
     pruner: str = "none"
     heartbeat_interval: int = 30
+    inner_val: bool = False
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -183,7 +189,7 @@ class TuneConfig:
         return objective_direction(self.metric)
 
     def distributions(self) -> dict[str, BaseDistribution]:
-        """The search space as Optuna distributions, keyed by `TrainConfig` field."""
+        """Return the search space as Optuna distributions, keyed by `TrainConfig` field."""
         if self.sampler == "grid":
             space = {"lr": CategoricalDistribution(self.lr_grid)}
             if self.weight_decay_grid:
@@ -195,7 +201,7 @@ class TuneConfig:
         }
 
     def search_space(self) -> dict[str, Any]:
-        """The search space as plain data, for the study's record and the parent run."""
+        """Return the search space as plain data, for the study's record and the parent run."""
         if self.sampler == "grid":
             return {name: list(d.choices) for name, d in self.distributions().items()}
         return {name: {"low": d.low, "high": d.high, "log": d.log} for name, d in self.distributions().items()}
@@ -204,7 +210,8 @@ class TuneConfig:
         """Everything that must match when a worker joins or resumes a study of this name."""
         protocol = {field: getattr(self.train, field) for field in STUDY_FIELDS}
         return {"sampler": self.sampler, "search_space": self.search_space(), "budget": self.budget,
-                "metric": self.metric, "direction": self.direction, "pruner": self.pruner, **protocol}
+                "metric": self.metric, "direction": self.direction, "pruner": self.pruner, "inner_val": self.inner_val,
+                **protocol}
 
 
 def _check_grid(name: str, values: tuple[float, ...], allow_empty: bool) -> None:
@@ -229,7 +236,7 @@ def _check_range(name: str, values: tuple[float, ...]) -> None:
 
 @dataclass(frozen=True)
 class TuneResult:
-    """What one worker leaves behind: its parent run and the study's best trial so far."""
+    """Outcome of one worker: its parent run and the study's best trial when it finished."""
 
     parent_run_id: str
     study_name: str
@@ -242,7 +249,7 @@ class TuneResult:
 
 
 def _safe_url(url: str) -> str:
-    """The storage URL with any password masked, for logs and MLflow params."""
+    """Return the storage URL with any password masked, for logs and MLflow params."""
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError:
@@ -325,14 +332,14 @@ def open_study(config: TuneConfig) -> tuple[optuna.Study, RDBStorage]:
         direction=config.direction, load_if_exists=True,
     )
     # JSON round trip so that tuples compare equal to the lists read back from storage.
-    wanted = json.loads(json.dumps(config.definition()))
+    expected = json.loads(json.dumps(config.definition()))
     stored = study.user_attrs.get(DEFINITION_ATTR)
     if stored is None:
-        study.set_user_attr(DEFINITION_ATTR, wanted)
-    elif stored != wanted:
+        study.set_user_attr(DEFINITION_ATTR, expected)
+    elif stored != expected:
         differences = "; ".join(
-            f"{key}: stored {stored.get(key)!r}, requested {wanted.get(key)!r}"
-            for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)
+            f"{key}: stored {stored.get(key)!r}, requested {expected.get(key)!r}"
+            for key in sorted(set(stored) | set(expected)) if stored.get(key) != expected.get(key)
         )
         raise MedbenchError(
             f"Study {config.name!r} in {_safe_url(config.storage)} was created with another definition ({differences}). "
@@ -344,7 +351,7 @@ def open_study(config: TuneConfig) -> tuple[optuna.Study, RDBStorage]:
 def open_study_readonly(study_name: str, storage: str) -> optuna.Study:
     """Load an existing study to read its trials; raise `MedbenchError` if it or its storage is missing."""
     try:
-        return optuna.load_study(study_name=study_name, storage=RDBStorage(storage, skip_table_creation=True))
+        return optuna.load_study(study_name=study_name, storage=RDBStorage(storage))
     except KeyError as error:
         raise MedbenchError(
             f"Study {study_name!r} does not exist in {_safe_url(storage)}. Check --study-name and --storage, or run "
@@ -415,7 +422,7 @@ def _next_trial(study: optuna.Study, storage: RDBStorage, config: TuneConfig) ->
         if not running:
             return None
         log.info("Study %s: budget used up; waiting for running trials %s", config.name, running)
-        time.sleep(config.heartbeat_interval)
+        time.sleep(min(config.heartbeat_interval, WAIT_POLL_S))
 
 
 def trial_objective(run_id: str, metric: str) -> float:
@@ -453,7 +460,7 @@ def _run_trial(
     with _Heartbeat(storage, trial._trial_id, config.heartbeat_interval):
         try:
             result = train(trial_config, parent_run_id=parent_run_id, run_name=f"{config.name}__trial{trial.number}",
-                           tags=tags, on_epoch=report)
+                           tags=tags, inner_val=config.inner_val, on_epoch=report)
         except optuna.TrialPruned as pruned:
             trial.set_user_attr(FAIL_REASON_ATTR, f"pruned: {pruned}")
             study.tell(trial, state=TrialState.PRUNED)
@@ -484,10 +491,10 @@ def tune(config: TuneConfig) -> TuneResult:
     """Run trials of `config`'s study until its budget is used up, as one worker.
 
     The worker's parent run (under `mlflow run`, the project's run) records the study,
-    budget, search space, objective and pruner as `tune.*` params, one child run per
-    trial it ran, and at the end the study's best parameters (`best.<field>` params,
-    `best/<metric>` metric), trial counts (`trials/<state>`) and all trials as
-    `tuning/trials.csv`. Several workers may share one study; each has its own parent run.
+    budget, search space, objective and pruner as `tune.*` params, and one child run per
+    trial it ran. At the end it records the study's best parameters (`best.<field>`
+    params, `best/<metric>` metric), trial counts (`trials/<state>`) and all trials as
+    `tuning/trials.csv`. Several workers may share one study, and each has its own parent run.
 
     Raises:
         MedbenchError: invalid space, metric or storage, a study name reused with
@@ -511,7 +518,7 @@ def tune(config: TuneConfig) -> TuneResult:
         parent.log_params({
             "tune.study_name": config.name, "tune.storage": _safe_url(config.storage), "tune.sampler": config.sampler,
             "tune.budget": config.budget, "tune.metric": config.metric, "tune.direction": config.direction,
-            "tune.pruner": config.pruner, "tune.search_space": json.dumps(config.search_space()),
+            "tune.pruner": config.pruner, "tune.inner_val": config.inner_val, "tune.search_space": json.dumps(config.search_space()),
         })
         parent.log_dict(config.definition(), "tuning/study_definition.json")
 
