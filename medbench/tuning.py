@@ -404,6 +404,7 @@ def _next_trial(study: optuna.Study, storage: RDBStorage, config: TuneConfig) ->
     While the budget is used up but other workers still run trials, this waits: one of
     them may die, and its retry must still be run.
     """
+    waited_for: list[int] = []
     while True:
         with study_lock(config.storage):
             with _experimental_api():
@@ -415,13 +416,18 @@ def _next_trial(study: optuna.Study, storage: RDBStorage, config: TuneConfig) ->
             if waiting or len(counted) < config.budget:
                 # A fresh TPE seed per trial: reproducible for one worker, distinct across workers.
                 study.sampler = _make_sampler(config, seed_offset=len(trials))
-                trial = study.ask(config.distributions())
+                with warnings.catch_warnings():
+                    # _Heartbeat stands in for the heartbeat thread of Study.optimize.
+                    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+                    trial = study.ask(config.distributions())
                 storage.record_heartbeat(trial._trial_id)
                 return trial
             running = [t.number for t in counted if t.state == TrialState.RUNNING]
         if not running:
             return None
-        log.info("Study %s: budget used up; waiting for running trials %s", config.name, running)
+        if running != waited_for:
+            log.info("Study %s: budget used up; waiting for running trials %s", config.name, running)
+            waited_for = running
         time.sleep(min(config.heartbeat_interval, WAIT_POLL_S))
 
 

@@ -97,14 +97,17 @@ def test_grid_tune_records_trials(data_root, mlflow_store, storage):
 
 @pytest.mark.integration
 def test_failing_trial_recorded(data_root, mlflow_store, storage):
-    # lr 1e30 makes the training loss non-finite within the first epoch, a real training error
-    assert main(tune_command(storage, "--lr-grid", "1e30,1e-4")) == 0
+    # lr 1e30 makes the training loss non-finite within the first epoch, a real training error.
+    # The median pruner only starts pruning after 5 trials, so here it just receives reports.
+    assert main(tune_command(storage, "--lr-grid", "1e30,1e-4", "--pruner", "median")) == 0
 
     study = optuna.load_study(study_name="grid", storage=storage)
     (failed,) = study.get_trials(states=(TrialState.FAIL,))
     assert failed.params["lr"] == 1e30
     assert "NonFiniteLossError" in failed.user_attrs["fail_reason"]
     assert trial_lrs(study, TrialState.COMPLETE) == [1e-4]
+    (complete,) = study.get_trials(states=(TrialState.COMPLETE,))
+    assert complete.intermediate_values == {0: complete.value}
 
     (parent,) = parent_runs()
     assert parent.info.status == "FINISHED"
@@ -114,10 +117,31 @@ def test_failing_trial_recorded(data_root, mlflow_store, storage):
 
 
 @pytest.mark.integration
+def test_tpe_tune_samples_space(data_root, mlflow_store, storage):
+    command = tune_command(storage, "--sampler", "tpe", "--n-trials", "2", "--lr-range", "1e-5,1e-3",
+                           "--weight-decay-range", "1e-3,1e-1")
+    assert main(command) == 0
+
+    study = optuna.load_study(study_name="grid", storage=storage)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2
+    assert trials[0].params != trials[1].params
+    for trial in trials:
+        assert 1e-5 <= trial.params["lr"] <= 1e-3
+        assert 1e-3 <= trial.params["weight_decay"] <= 1e-1
+    (parent,) = parent_runs()
+    assert parent.data.params["tune.budget"] == "2"
+    children = child_runs(parent.info.run_id)
+    assert {float(c.data.params["config.weight_decay"]) for c in children} == {
+        t.params["weight_decay"] for t in trials
+    }
+
+
+@pytest.mark.integration
 def test_two_workers_share_grid(data_root, mlflow_store, storage, tmp_path):
     # One worker as an MLflow Project run, one plain, both at once on one study. MLflow
     # Projects creates its run before medbench code runs, so the tracking store must exist.
-    mlflow.set_experiment("medbench")
+    MlflowClient().create_experiment("medbench")
     command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "tune", "--env-manager", "local",
                "--experiment-name", "medbench", "-P", "model=swinunet", "-P", "dataset=kvasir_seg",
                "-P", "max_images=20", "-P", "image_size=32", "-P", "epochs=1", "-P", "batch_size=4",
