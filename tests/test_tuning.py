@@ -262,7 +262,9 @@ def test_study_name_reused_with_other_space(storage):
 
 
 def test_objective_of_run_without_metric(mlflow_store):
-    with mlflow.start_run() as run:
-        mlflow.log_metric("best_epoch", 0)
+    client = MlflowClient()
+    run = client.create_run(client.create_experiment("objective"))
+    client.log_metric(run.info.run_id, "best_epoch", 0)
+    client.set_terminated(run.info.run_id)
     assert math.isnan(trial_objective(run.info.run_id, "val/iou"))
     assert math.isnan(trial_objective(run.info.run_id, "test/dice"))
