@@ -1,10 +1,10 @@
 """Cross-validation: every fold of `splits.json` as a child run, summarized over folds.
 
 The parent run stores the mean and sample standard deviation over folds of every final
-`test/...` metric (per class too). Options: take the learning rate and weight decay from
-a tuning study; stop early on an inner validation split so that the reported fold never
-influences training (the leakage-free protocol); evaluate the ensemble of the fold models
-on another dataset.
+`test/...` metric (per class too). Options: the learning rate and weight decay can come
+from a tuning study. Early stopping can use an inner validation split, so that the
+reported fold never influences training (the leakage-free protocol). The ensemble of the
+fold models can be evaluated on another dataset.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class CVConfig:
             folds (`medbench.data.inner_split`); the reported fold is only evaluated at
             the end.
         test_dataset: evaluate the ensemble of the fold models (mean of their softmax
-            probabilities) on every image of this dataset; it must have the same classes
+            probabilities) on every image of this dataset. It must have the same classes
             and must not be the training data.
         test_data_dir: folder of `test_dataset`; default `<data root>/<test_dataset>`.
     """
@@ -84,8 +84,8 @@ def summarize_folds(fold_metrics: list[Mapping[str, float]]) -> dict[str, float]
     """Mean and sample standard deviation (n - 1) over folds of every `test/...` metric.
 
     Keys are `cv_mean/<key>` and `cv_std/<key>`. A metric undefined (NaN or missing) in
-    some folds is summarized over the others, and `cv_folds/<key>` says over how many;
-    the standard deviation of a single fold is NaN.
+    some folds is summarized over the others, and `cv_folds/<key>` stores over how many.
+    The standard deviation of a single fold is NaN.
     """
     keys = sorted({key for metrics in fold_metrics for key in metrics if key.startswith("test/")})
     summary: dict[str, float] = {}

@@ -417,7 +417,7 @@ def _next_trial(study: optuna.Study, storage: RDBStorage, config: TuneConfig) ->
                 # A fresh TPE seed per trial: reproducible for one worker, distinct across workers.
                 study.sampler = _make_sampler(config, seed_offset=len(trials))
                 with warnings.catch_warnings():
-                    # _Heartbeat stands in for the heartbeat thread of Study.optimize.
+                    # _Heartbeat replaces the heartbeat thread of Study.optimize.
                     warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
                     trial = study.ask(config.distributions())
                 storage.record_heartbeat(trial._trial_id)

@@ -1,4 +1,4 @@
-"""Inner validation split for the leakage-free protocol: early stopping never sees the reported fold."""
+"""Inner validation split for the leakage-free protocol, so that early stopping never reads the reported fold."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ def inner_validation_ids(prepared: PreparedDataset, fold: int) -> tuple[list[str
 
     A fold entry of `splits.json` that lists `inner_val` ids is used as written. Otherwise
     the training ids are divided with `make_folds` into `max(2, num_folds - 1)` groups,
-    seeded with the splits' seed and keeping patients together, and the first group
-    becomes the inner validation split; the same prepared dataset always gives the same
-    split. The validation ids of `fold` are never part of either list.
+    seeded with the splits' seed and keeping patients together. The first group becomes
+    the inner validation split, so the same prepared dataset always gives the same split. The validation ids of `fold` are never part of either list.
     """
     entry = prepared.splits["folds"][fold]
     held_out = set(entry["val"])
