@@ -74,6 +74,63 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at the end, Grad-CAM for the N worst and N random test images (default 0: off)")
 
 
+def parse_floats(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers such as `1e-4,5e-5,1e-5`; an empty string is an empty tuple."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options naming an Optuna study: `--study-name` and `--storage`."""
+    text = _optional(str)
+    parser.add_argument("--study-name", type=text, help="Optuna study name")
+    parser.add_argument("--storage", type=text, help="SQLAlchemy URL of the Optuna storage (default sqlite:///optuna.db)")
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `TuneConfig` besides the training protocol; unset ones take its defaults."""
+    from medbench.tuning import DEFAULT_LR_GRID
+
+    integer, text, floats = _optional(int), _optional(str), _optional(parse_floats)
+    add_study_arguments(parser)
+    parser.add_argument("--sampler", type=text, help="grid (default) or tpe")
+    parser.add_argument("--n-trials", type=integer, help="trial budget of tpe (default 10); grid: the grid size")
+    parser.add_argument("--metric", type=text, help="objective, e.g. val/iou (default), val/dice, test/hd95")
+    parser.add_argument("--lr-grid", type=parse_floats, default=DEFAULT_LR_GRID,
+                        help="learning rates of the grid (default 1e-4,5e-5,1e-5)")
+    parser.add_argument("--weight-decay-grid", type=floats,
+                        help="weight decays of the grid (default: not searched)")
+    parser.add_argument("--lr-range", type=floats, help="low,high learning rate of tpe (default 1e-5,1e-3)")
+    parser.add_argument("--weight-decay-range", type=floats,
+                        help="low,high weight decay of tpe (default 1e-4,1e-1)")
+    parser.add_argument("--pruner", type=text, help="none (default) or median")
+    parser.add_argument("--heartbeat-interval", type=integer,
+                        help="seconds between heartbeats of a running trial (default 30)")
+    parser.add_argument("--inner-val", type=_optional(parse_bool), nargs="?", const=True,
+                        help="stop early and read val/ objectives on an inner split of the training ids")
+
+
+def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `CVConfig` besides the training protocol."""
+    boolean, text = _optional(parse_bool), _optional(str)
+    add_study_arguments(parser)
+    parser.add_argument("--inner-val", type=boolean, nargs="?", const=True,
+                        help="stop early on an inner split of the training folds (default false)")
+    parser.add_argument("--test-dataset", type=text, help="evaluate the fold models' ensemble on this dataset")
+    parser.add_argument("--test-data-dir", type=text, help="folder of --test-dataset")
+
+
+def _fields_from_args(config_type: type, args: argparse.Namespace) -> dict[str, Any]:
+    """Collect the set arguments named after fields of `config_type`, except the nested training protocol."""
+    return {
+        name: getattr(args, name)
+        for name in config_type.__dataclass_fields__
+        if name != "train" and getattr(args, name, None) is not None
+    }
+
+
 def _config_from_args(args: argparse.Namespace):
     from medbench.config import TrainConfig, resolve_train_config
 
@@ -91,6 +148,32 @@ def _command_train(args: argparse.Namespace) -> int:
     ))
     if result.model_version:
         print(f"registered model version: models:/medbench-{config.dataset}-{config.model}/{result.model_version}")
+    return 0
+
+
+def _command_tune(args: argparse.Namespace) -> int:
+    from medbench.tuning import TuneConfig, tune
+
+    config = TuneConfig(train=_config_from_args(args), **_fields_from_args(TuneConfig, args))
+    result = tune(config)
+    states = ", ".join(f"{count} {state}" for state, count in result.trial_states.items() if count)
+    print(f"study {result.study_name}: {states}; best {config.metric} {result.best_value:.4f} with "
+          + ", ".join(f"{name} {value:g}" for name, value in result.best_params.items())
+          + f" (parent run {result.parent_run_id})")
+    return 0
+
+
+def _command_cv(args: argparse.Namespace) -> int:
+    from medbench.cv import MEAN, STD, CVConfig, cross_validate
+
+    if args.fold is not None:
+        raise MedbenchError("cv trains every fold; leave out --fold (use `medbench train --fold K` for one fold).")
+    config = CVConfig(train=_config_from_args(args), **_fields_from_args(CVConfig, args))
+    result = cross_validate(config)
+    print(f"cross-validation parent run {result.parent_run_id}: " + ", ".join(
+        f"{name} {result.summary[f'{MEAN}/test/{name}']:.4f} ± {result.summary.get(f'{STD}/test/{name}', float('nan')):.4f}"
+        for name in ("dice", "iou", "hd95") if f"{MEAN}/test/{name}" in result.summary
+    ))
     return 0
 
 
@@ -283,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one model on one fold of one dataset")
     add_train_arguments(train)
     train.set_defaults(handler=_command_train)
+
+    tune = commands.add_parser("tune", help="tune the learning rate of one model on one dataset with Optuna")
+    add_train_arguments(tune)
+    add_tune_arguments(tune)
+    tune.set_defaults(handler=_command_tune)
+
+    cv = commands.add_parser("cv", help="train every fold of one model on one dataset and summarize the folds")
+    add_train_arguments(cv)
+    add_cv_arguments(cv)
+    cv.set_defaults(handler=_command_cv)
 
     prepare = commands.add_parser("prepare", help="prepare a dataset (duplicates, arrays, splits) and log its card")
     add_prepare_arguments(prepare)

@@ -34,6 +34,7 @@ __all__ = [
     "RunLogger",
     "check_tracking_store",
     "code_version",
+    "create_experiment",
     "download_run_artifact",
     "find_run_to_resume",
     "find_runs",
@@ -43,6 +44,7 @@ __all__ = [
     "log_dataset_card",
     "log_to_run",
     "metric_key",
+    "metric_value",
     "model_metadata",
     "model_source_run",
     "model_version_by_alias",
@@ -253,21 +255,30 @@ def start_run(
     run_name: str,
     tags: Mapping[str, Any] | None = None,
     nested: bool = False,
+    parent_run_id: str | None = None,
     run_id: str | None = None,
 ) -> Iterator[RunLogger]:
     """Open an MLflow run; on an exception mark it FAILED with the reason as a tag.
 
-    With `run_id`, that existing run is reopened (its status returns to RUNNING). Under
-    `mlflow run`, the run that MLflow Projects created (`MLFLOW_RUN_ID`) is used and
-    renamed; otherwise a new run starts in `experiment`.
+    With `run_id`, that existing run is reopened (its status returns to RUNNING). With
+    `parent_run_id`, the run is a child of that run, which must be the active run of this
+    process, and goes into the parent's experiment. Otherwise, under `mlflow run`, the run
+    that MLflow Projects created (`MLFLOW_RUN_ID`) is used and renamed, and a new run
+    starts in `experiment` elsewhere. `MLFLOW_RUN_ID` is removed from the environment once
+    used, so that later child runs of this process do not reopen the project's run.
     """
     check_tracking_store()
-    project_run = os.environ.get("MLFLOW_RUN_ID") if not nested else None
+    project_run = os.environ.pop("MLFLOW_RUN_ID", None) if not nested and parent_run_id is None else None
     if run_id:
         # NOTE: under `mlflow run`, the run that MLflow Projects created stays empty.
-        run = mlflow.start_run(run_id=run_id)
+        run = mlflow.start_run(run_id=run_id, nested=parent_run_id is not None)
         if FAILURE_TAG in run.data.tags:  # the reason of the earlier failure no longer holds
             client().delete_tag(run_id, FAILURE_TAG)
+    elif parent_run_id is not None:
+        parent = client().get_run(parent_run_id)
+        run = mlflow.start_run(
+            run_name=run_name, experiment_id=parent.info.experiment_id, nested=True, parent_run_id=parent_run_id
+        )
     elif project_run:
         run = mlflow.start_run(run_id=project_run)
         mlflow.set_tag("mlflow.runName", run_name)
@@ -292,6 +303,30 @@ def start_run(
     else:
         mlflow.flush_async_logging()
         mlflow.end_run("FINISHED")
+
+
+def create_experiment(experiment: str) -> None:
+    """Create `experiment` unless it exists, which also creates the tables of a new SQLite store.
+
+    Workers that share a fresh store call this under a lock first, so that they do not
+    race to create the tables or the experiment. Under `mlflow run` (`MLFLOW_RUN_ID` set)
+    MLflow Projects has already done both, so nothing happens.
+    """
+    check_tracking_store()
+    if os.environ.get("MLFLOW_RUN_ID") or client().get_experiment_by_name(experiment) is not None:
+        return
+    client().create_experiment(experiment)
+
+
+def metric_value(run_id: str, key: str, step: int | None = None) -> float:
+    """Return metric `key` of run `run_id`: the latest value, or the value logged at `step`.
+
+    A metric that was never logged (medbench leaves undefined scores out) is NaN.
+    """
+    if step is None:
+        return float(client().get_run(run_id).data.metrics.get(key, math.nan))
+    values = [m.value for m in client().get_metric_history(run_id, key) if m.step == step]
+    return float(values[-1]) if values else math.nan
 
 
 def load_model(uri: str) -> torch.nn.Module:

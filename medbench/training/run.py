@@ -20,6 +20,7 @@ from medbench.config import TrainConfig
 from medbench.data import NORMALIZATION, PreparedDataset, SegmentationDataset, augmentation, prepare_dataset
 from medbench.data import describe_augmentation
 from medbench.data.dataset import seed_worker_augmentation
+from medbench.data.inner_split import inner_validation_ids
 from medbench.errors import MedbenchError
 from medbench.models import create_model, get_model_info
 from medbench.training.evaluate import Evaluation, evaluate
@@ -79,35 +80,68 @@ def output_dir() -> Path:
     return Path(os.environ.get("MEDBENCH_OUTPUT_DIR", "outputs")).expanduser()
 
 
-def _loaders(config: TrainConfig, prepared: PreparedDataset) -> tuple[DataLoader, DataLoader]:
+def _loaders(
+    config: TrainConfig, prepared: PreparedDataset, inner_val: bool
+) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Loaders for training, for early stopping, and for the final evaluation on the held-out fold.
+
+    Early stopping uses the held-out fold unless `inner_val` is set; then it uses an inner
+    validation split of the training ids, and the held-out fold is only evaluated at the end.
+    """
     train_indices, val_indices = prepared.fold_indices(config.fold)
     generator = torch.Generator().manual_seed(config.seed)
-    train_set = SegmentationDataset(prepared, train_indices, augmentation(prepared.augmentation, config.seed))
-    val_set = SegmentationDataset(prepared, val_indices)
     common = {"num_workers": config.num_workers, "pin_memory": torch.cuda.is_available(),
               "worker_init_fn": seed_worker_augmentation}
-    return (
-        DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(train_set) > config.batch_size,
-                   generator=generator, **common),
-        DataLoader(val_set, batch_size=config.batch_size, shuffle=False, **common),
-    )
+    val_loader = DataLoader(SegmentationDataset(prepared, val_indices), batch_size=config.batch_size, shuffle=False,
+                            **common)
+    stop_loader = val_loader
+    if inner_val:
+        position = {sample_id: i for i, sample_id in enumerate(prepared.ids)}
+        train_ids, inner_ids = inner_validation_ids(prepared, config.fold)
+        train_indices = [position[i] for i in train_ids]
+        stop_loader = DataLoader(SegmentationDataset(prepared, [position[i] for i in inner_ids]),
+                                 batch_size=config.batch_size, shuffle=False, **common)
+    train_set = SegmentationDataset(prepared, train_indices, augmentation(prepared.augmentation, config.seed))
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                              drop_last=len(train_set) > config.batch_size, generator=generator, **common)
+    return train_loader, stop_loader, val_loader
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    inner_val: bool = False,
+    on_epoch: Callable[[dict[str, float], int], None] | None = None,
+) -> TrainResult:
     """Train `config.model` on fold `config.fold` of `config.dataset` and record it in MLflow.
 
-    The run holds the resolved configuration as `config.<field>` params, per-epoch metrics, the final `test/...`
-    metrics of the best checkpoint on the held-out fold (with HD95), the checkpoint, the
-    splits, a per-image metrics CSV, a predictions PNG and the model, registered as
-    `medbench-<dataset>-<model>` when `config.register` is set.
+    The run holds the resolved configuration as `config.<field>` params, per-epoch metrics,
+    the final `test/...` metrics of the best checkpoint on the held-out fold (with HD95),
+    the checkpoint, the splits, a per-image metrics CSV, a predictions PNG and the model,
+    registered as `medbench-<dataset>-<model>` when `config.register` is set.
+
+    Args:
+        config: the run's configuration.
+        parent_run_id: make the run a child of this active MLflow run (tuning trials, folds).
+        run_name: MLflow run name; default `config.run_name`.
+        tags: extra run tags.
+        inner_val: stop early on an inner validation split of the training ids
+            (`inner_validation_ids`) instead of the held-out fold, which then serves only
+            the final `test/...` evaluation.
+        on_epoch: called with each epoch's metrics and the epoch number after they are
+            logged; an exception it raises (such as a pruning signal) ends the run as FAILED.
     """
     # Checks that need no data come first, so a bad store or run id wastes no preparation.
     tracking.check_tracking_store()
     info = get_model_info(config.model)
     device = resolve_device(config.device)
+    run_name = run_name or config.run_name
     resume_id = None
     if config.resume:
-        resume_id = tracking.find_run_to_resume(config.experiment, config.run_name, config.resume)
+        resume_id = tracking.find_run_to_resume(config.experiment, run_name, config.resume)
     seed_everything(config.seed, config.deterministic)
     amp = config.amp and info.allow_amp and device.type == "cuda"
 
@@ -115,7 +149,7 @@ def train(config: TrainConfig) -> TrainResult:
         config.dataset, config.data_dir, config.image_size, config.max_images, config.num_folds, config.split_seed
     )
     model = create_model(config.model, 3, prepared.num_classes, pretrained=config.pretrained, weights=config.weights)
-    train_loader, val_loader = _loaders(config, prepared)
+    train_loader, stop_loader, val_loader = _loaders(config, prepared, inner_val)
     loss_fn = SegmentationLoss(prepared.num_classes)
     tags = {
         "model": config.model,
@@ -125,9 +159,10 @@ def train(config: TrainConfig) -> TrainResult:
         "seed": config.seed,
         "preset": config.preset,
         "code_version": tracking.code_version(),
+        **(tags or {}),
     }
 
-    with tracking.start_run(config.experiment, config.run_name, tags, run_id=resume_id) as run:
+    with tracking.start_run(config.experiment, run_name, tags, parent_run_id=parent_run_id, run_id=resume_id) as run:
         # Resolved values under `config.<field>`: under `mlflow run`, MLflow Projects has
         # already logged the raw parameters (empty for "use the preset") under the plain names.
         # A resumed run keeps its first `config.resume` (MLflow params cannot change).
@@ -137,6 +172,8 @@ def train(config: TrainConfig) -> TrainResult:
             "class_names": ",".join(prepared.class_names),
             "train_images": len(train_loader.dataset),
             "val_images": len(val_loader.dataset),
+            "early_stopping_split": "inner_val" if inner_val else "fold",
+            "early_stopping_images": len(stop_loader.dataset),
             "prepared_dataset": prepared.path.name,
             "augmentation": prepared.augmentation,
             "normalization_mean": NORMALIZATION["mean"],
@@ -147,7 +184,10 @@ def train(config: TrainConfig) -> TrainResult:
         })
         run.log_artifact(prepared.path / "splits.json", "data")
         run.log_dict(describe_augmentation(prepared.augmentation, config.seed), "data/augmentation.json")
-        checkpoint_dir = output_dir() / config.run_name / run.run_id
+        if inner_val:
+            run.log_dict({"fold": config.fold, "ids": [prepared.ids[i] for i in stop_loader.dataset.indices]},
+                         "data/inner_val.json")
+        checkpoint_dir = output_dir() / run_name / run.run_id
         resume_from = _resume_checkpoint(checkpoint_dir, config) if resume_id else None
         if resume_from is not None:
             run.set_tags({"medbench.resumed_from_epoch": resume_from["epoch"]})
@@ -161,12 +201,18 @@ def train(config: TrainConfig) -> TrainResult:
             "normalization": {k: list(v) for k, v in NORMALIZATION.items()},
             "code_version": tags["code_version"],
         }
+
+        def log_epoch(metrics: dict[str, float], epoch: int) -> None:
+            run.log_metrics(metrics, step=epoch)
+            if on_epoch is not None:
+                on_epoch(metrics, epoch)
+
         result = fit(
-            model, train_loader, val_loader, loss_fn,
+            model, train_loader, stop_loader, loss_fn,
             epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
             patience=config.patience, min_delta=config.min_delta, device=device, amp=amp,
             class_names=prepared.class_names, checkpoint_dir=checkpoint_dir, checkpoint_extra=extra,
-            log_metrics=lambda metrics, epoch: run.log_metrics(metrics, step=epoch),
+            log_metrics=log_epoch,
             resume_from=resume_from, channels_last=config.channels_last, compile=config.compile,
         )
         run.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
@@ -183,7 +229,7 @@ def train(config: TrainConfig) -> TrainResult:
             model, 3, prepared.num_classes,
             registered_model_name(config.dataset, config.model) if config.register else None,
             metadata={"class_names": prepared.class_names, "image_size": config.image_size,
-                      "normalization": extra["normalization"], "run_name": config.run_name},
+                      "normalization": extra["normalization"], "run_name": run_name},
         )
         if config.explain:
             from medbench.explain import explain_run  # imported here: medbench.explain imports this module
