@@ -37,7 +37,9 @@ def test_local_weights_loaded(name, tmp_path):
     model = create_model(name, weights=path)
     state = model.state_dict()
     loaded = [k for k in state if torch.is_floating_point(state[k]) and torch.all(state[k] == 0.125)]
-    assert len(loaded) >= len(upstream) * 0.9
+    # Integer buffers (batch norm's num_batches_tracked) cannot hold the fill value.
+    floating = [k for k, v in upstream.items() if torch.is_floating_point(v)]
+    assert len(loaded) >= len(floating) * 0.9
 
 
 @pytest.mark.parametrize("name", PRETRAINED)
