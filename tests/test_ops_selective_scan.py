@@ -45,7 +45,8 @@ def random_inputs(length, groups=2, channels=4, state=3, batch=2):
 
 
 def relative_error(actual, expected):
-    return ((actual - expected).norm() / expected.norm()).item()
+    # Some gradients are exactly zero (A's for a single time step), so avoid dividing by 0.
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("length", [1, 7, 64, 150])
@@ -85,8 +86,9 @@ def test_strong_decay_stays_finite():
     assert torch.isfinite(selective_scan_torch(**inputs, delta_softplus=True)).all()
 
 
-def test_gradients_match_loop():
-    inputs = random_inputs(12, channels=2, groups=1)
+@pytest.mark.parametrize("length", [1, 12, 13])
+def test_gradients_match_loop(length):
+    inputs = random_inputs(length, channels=2, groups=1)
     for tensor in inputs.values():
         tensor.requires_grad_(True)
     expected = torch.autograd.grad(loop_scan(**inputs).sum(), list(inputs.values()))

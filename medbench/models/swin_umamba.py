@@ -268,8 +268,9 @@ def _vmamba_to_swin_umamba(state: Mapping[str, torch.Tensor]) -> dict[str, torch
     params_source="Borst and Kounev, arXiv 2603.13044 (2026), model table",
     default_input_size=224,
     gradcam_layer="refine",
-    # NOTE: the URL of the VMamba-Tiny (v0, epoch 292) release asset and its SHA-256 could
-    # not be checked offline; Swin-UMamba's authors distribute the same file on Google Drive.
+    # NOTE: the URL of the VMamba-Tiny (v0, epoch 292) release asset, its SHA-256 and its
+    # key names (`layers.i.blocks.j.self_attention.*`, `layers.i.downsample.*`) could not be
+    # checked offline. Swin-UMamba's authors distribute the same file on Google Drive.
     pretrained=PretrainedSource(
         description="VMamba-Tiny ImageNet-1k (vssmtiny_dp01_ckpt_epoch_292)",
         url="https://github.com/MzeroMiko/VMamba/releases/download/%23v0cls/vssmtiny_dp01_ckpt_epoch_292.pth",

@@ -11,13 +11,14 @@ the PyTorch version whenever it is installed and the inputs are on a GPU.
 
 The PyTorch version is a Hillis-Steele parallel prefix scan inside chunks of the sequence
 (log2(chunk) vectorized steps), with the state carried sequentially from chunk to chunk. It
-adds log-decays and only multiplies by decay factors in [0, 1], so it cannot overflow,
-unlike scans that divide by cumulative products.
+only multiplies decay factors in [0, 1], so it cannot overflow, unlike scans that divide
+by cumulative products.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -45,33 +46,76 @@ def _expand_groups(x: torch.Tensor, channels: int) -> torch.Tensor:
     return x.reshape(batch, channels, state, length)
 
 
-# Decay factors below exp(-40) (about 4e-18) are set to zero. They change a state by less
-# than float32 rounding unless the recent inputs are 1e11 times smaller than old ones.
+# Decay factors below exp(-40) (about 4e-18) are set to zero. The contribution dropped is
+# below float32 rounding of the state unless the state is 1e10 times smaller than the
+# input that decayed.
 # Without the cut, products of decay factors reach subnormal floats, which made a
-# Swin-UMamba forward and backward pass several times slower on a 2-core CPU.
-MIN_LOG_DECAY = -40.0
+# Swin-UMamba forward and backward pass several times slower on a 2-core CPU. A product
+# of two factors above the cut is above 1e-35, so no subnormal float arises.
+MIN_DECAY = math.exp(-40.0)
 
 
-def _decay_factor(log_decay: torch.Tensor) -> torch.Tensor:
-    return torch.exp(log_decay.clamp(min=MIN_LOG_DECAY)) * (log_decay > MIN_LOG_DECAY)
+def _cut_small(decay: torch.Tensor) -> torch.Tensor:
+    return torch.where(decay >= MIN_DECAY, decay, 0.0)
 
 
-def _prefix_scan(log_decay: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve h[t] = exp(log_decay[t]) * h[t-1] + inputs[t] with h[-1] = 0 along the first axis.
+def _prefix_scan(decay: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve h[t] = decay[t] * h[t-1] + inputs[t] with h[-1] = 0 along the first axis.
 
     Returns the states h and the cumulative decay factors from the first element to t,
     which carry a nonzero initial state into the chunk.
     """
-    length = log_decay.shape[0]
+    length = decay.shape[0]
     offset = 1
     while offset < length:
         # Compose each element's affine map with the one `offset` steps earlier. The first
         # `offset` elements have no predecessor at this distance and stay as they are.
-        carried = _decay_factor(log_decay[offset:]) * inputs[:-offset]
-        inputs = torch.cat([inputs[:offset], inputs[offset:] + carried])
-        log_decay = torch.cat([log_decay[:offset], log_decay[offset:] + log_decay[:-offset]])
+        inputs = torch.cat([inputs[:offset], inputs[offset:] + decay[offset:] * inputs[:-offset]])
+        decay = torch.cat([decay[:offset], _cut_small(decay[offset:] * decay[:-offset])])
         offset *= 2
-    return inputs, _decay_factor(log_decay)
+    return inputs, decay
+
+
+def _chunked_scan(decay: torch.Tensor, inputs: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Solve the recurrence of `_prefix_scan` chunk by chunk, carrying the state between chunks."""
+    states = []
+    state = None
+    for start in range(0, decay.shape[0], chunk_size):
+        chunk = slice(start, start + chunk_size)
+        h, cumulative_decay = _prefix_scan(decay[chunk], inputs[chunk])
+        if state is not None:
+            h = h + cumulative_decay * state
+        state = h[-1]
+        states.append(h)
+    return torch.cat(states)
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """`_chunked_scan` with a hand-written backward pass.
+
+    The gradient of a linear recurrence is the same recurrence run backwards in time:
+    g[t] = dL/dh[t] + decay[t+1] * g[t+1] gives dL/dinputs[t] = g[t] and
+    dL/ddecay[t] = g[t] * h[t-1]. Autograd through the
+    prefix scan instead keeps every intermediate level and spent most of its time filling
+    zero gradients for the shifted slices.
+    """
+
+    @staticmethod
+    def forward(ctx, decay: torch.Tensor, inputs: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        states = _chunked_scan(decay, inputs, chunk_size)
+        ctx.save_for_backward(decay, states)
+        ctx.chunk_size = chunk_size
+        return states
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        decay, states = ctx.saved_tensors
+        # decay[t+1], with no successor (decay 0) after the last element
+        next_decay = torch.cat([decay[1:], torch.zeros_like(decay[:1])])
+        grad_inputs = _chunked_scan(next_decay.flip(0), grad_states.flip(0), ctx.chunk_size).flip(0)
+        previous_states = torch.cat([torch.zeros_like(states[:1]), states[:-1]])
+        return grad_inputs * previous_states, grad_inputs, None
 
 
 def selective_scan_torch(
@@ -100,8 +144,9 @@ def selective_scan_torch(
         delta_bias: added to delta before the optional softplus, (channels,).
         delta_softplus: apply softplus to delta.
         chunk_size: sequence elements scanned in parallel at once. The work per element
-            grows with log2(chunk_size), the sequential steps with length / chunk_size;
-            16 was the fastest of 8 to 64 for VMamba-Tiny sizes on a 2-core CPU.
+            grows with log2(chunk_size), the sequential steps with length / chunk_size.
+            16 was the fastest of 8 to 64 for VMamba-Tiny sizes on a 2-core CPU, measured
+            before the scan had its own backward pass.
 
     Returns:
         y, (batch, channels, length), in the dtype of u.
@@ -121,20 +166,14 @@ def selective_scan_torch(
     # Time-major (length, batch, channels, state), so that chunks and shifts along time
     # are contiguous blocks of memory.
     time_major = (3, 0, 1, 2)
-    log_decay = (delta.unsqueeze(2) * A.to(compute)[None, :, :, None]).permute(time_major).contiguous()
+    log_decay = (delta.unsqueeze(2) * A.to(compute)[None, :, :, None]).permute(time_major)
+    # exp of the clamped argument is never subnormal, and the cut then zeroes the smallest.
+    decay = _cut_small(torch.exp(log_decay.clamp(min=math.log(MIN_DECAY)))).contiguous()
     inputs = ((delta * u).unsqueeze(2) * B).permute(time_major).contiguous()
     C = C.permute(time_major)
 
-    outputs = []
-    state = None
-    for start in range(0, u.shape[-1], chunk_size):
-        chunk = slice(start, start + chunk_size)
-        h, cumulative_decay = _prefix_scan(log_decay[chunk], inputs[chunk])
-        if state is not None:
-            h = h + cumulative_decay * state
-        state = h[-1]
-        outputs.append((h * C[chunk]).sum(dim=-1))
-    y = torch.cat(outputs).permute(1, 2, 0)  # (batch, channels, length)
+    h = _LinearRecurrence.apply(decay, inputs, chunk_size)
+    y = (h * C).sum(dim=-1).permute(1, 2, 0)  # (batch, channels, length)
 
     if D is not None:
         y = y + D.to(compute)[None, :, None] * u
