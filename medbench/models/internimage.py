@@ -21,10 +21,9 @@ from timm.layers import DropPath
 from torch import nn
 
 from medbench.models.encoders import prefixed_key_map
-from medbench.models.layers import pad_to_multiple, resize_to
 from medbench.models.ops.dcnv3 import dcnv3
 from medbench.models.registry import PretrainedSource, register_model
-from medbench.models.upernet import UPerHead
+from medbench.models.upernet import EncoderUPerNet
 
 __all__ = ["DCNv3", "InternImage", "InternImageUPerNet"]
 
@@ -213,8 +212,8 @@ class InternImage(nn.Module):
         return features
 
 
-class InternImageUPerNet(nn.Module):
-    """InternImage with a UPerHead, for any input size (zero-padded to a multiple of 32, cropped back).
+class InternImageUPerNet(EncoderUPerNet):
+    """InternImage with a UPerHead, for any input size.
 
     Args:
         in_channels: input image channels.
@@ -224,14 +223,7 @@ class InternImageUPerNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, head_channels: int = 512, **backbone_kwargs) -> None:
-        super().__init__()
-        self.encoder = InternImage(in_channels, **backbone_kwargs)
-        self.head = UPerHead(self.encoder.out_channels, num_classes, channels=head_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = pad_to_multiple(x, 32)
-        logits = self.head(self.encoder(x))
-        return resize_to(logits, tuple(x.shape[-2:]))[..., :h, :w]
+        super().__init__(InternImage(in_channels, **backbone_kwargs), num_classes, head_channels)
 
 
 @register_model(

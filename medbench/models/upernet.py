@@ -24,7 +24,7 @@ from medbench.models.encoders import TimmPyramid, timm_hub_source
 from medbench.models.layers import pad_to_multiple, resize_to
 from medbench.models.registry import register_model
 
-__all__ = ["UPerHead", "UPerNet"]
+__all__ = ["EncoderUPerNet", "UPerHead", "UPerNet"]
 
 
 class UPerHead(nn.Module):
@@ -57,8 +57,30 @@ class UPerHead(nn.Module):
         return self.classifier(self.dropout(fused))
 
 
-class UPerNet(nn.Module):
-    """UPerNet on a timm backbone, for any input size (zero-padded to a multiple of 32, cropped back).
+class EncoderUPerNet(nn.Module):
+    """A feature-pyramid encoder with a UPerHead, for any input size (zero-padded to a multiple
+    of 32, cropped back).
+
+    Args:
+        encoder: module mapping (B, C, H, W) to four feature maps, with their widths in
+            `encoder.out_channels`.
+        num_classes: output channels K.
+        head_channels: UPerHead width (512 in the mmsegmentation UperNet configs).
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, head_channels: int = 512) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = UPerHead(encoder.out_channels, num_classes, channels=head_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (h, w) = pad_to_multiple(x, 32)
+        logits = self.head(self.encoder(x))
+        return resize_to(logits, tuple(x.shape[-2:]))[..., :h, :w]
+
+
+class UPerNet(EncoderUPerNet):
+    """UPerNet on a timm backbone, for any input size.
 
     Args:
         in_channels: input image channels.
@@ -76,14 +98,7 @@ class UPerNet(nn.Module):
         head_channels: int = 512,
         drop_path_rate: float = 0.4,
     ) -> None:
-        super().__init__()
-        self.encoder = TimmPyramid(backbone, in_channels, drop_path_rate=drop_path_rate)
-        self.head = UPerHead(self.encoder.out_channels, num_classes, channels=head_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = pad_to_multiple(x, 32)
-        logits = self.head(self.encoder(x))
-        return resize_to(logits, tuple(x.shape[-2:]))[..., :h, :w]
+        super().__init__(TimmPyramid(backbone, in_channels, drop_path_rate=drop_path_rate), num_classes, head_channels)
 
 
 @register_model(
