@@ -177,9 +177,6 @@ def _command_cv(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count_parameters(name: str) -> int:
-    """Parameters of model `name` for 2 classes, built without memory where the model allows it."""
-
 def parse_classes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
@@ -211,7 +208,8 @@ def _command_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_models(args: argparse.Namespace) -> int:
+def _count_parameters(name: str) -> int:
+    """Parameters of model `name` for 2 classes, built without memory where the model allows it."""
     import torch
 
     from medbench.models import create_model
@@ -306,6 +304,8 @@ def _command_prepare(args: argparse.Namespace) -> int:
     print(f"class pixel shares: {shares}")
     if result.run_id:
         print(f"dataset card logged to run {result.run_id}")
+    return 0
+
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())

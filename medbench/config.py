@@ -151,7 +151,6 @@ class TrainConfig:
                 self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None,
                 f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}",
             ),
-
             (self.explain >= 0, f"explain must be non-negative, got {self.explain}"),
         ]
         for ok, message in checks:

@@ -130,7 +130,7 @@ CASES = [
     Case("train-unknown-mask-format", folder_train(dataset(spec={"mask_format": "rle"})), r"got 'rle'"),
     # train: oversized and wrong-mode files
     Case("train-oversized-image", folder_train(dataset(change=write_bytes("images/img08.png", png_claiming_size))),
-         r"img08\.png: Image size \(1600000000 pixels\) exceeds limit"),
+         r"Image .*img08\.png is over the limit of \d+ pixels"),
     Case("train-rgb-label-mask", folder_train(dataset(mask_fn=zero_one, spec=LABELS, change=rgb_label_mask)),
          r"img06\.png has 3 channels"),
     # train: paths outside the data folder
