@@ -134,7 +134,7 @@ def _perceptual_hashes(source: DatasetSource, samples: list[Sample], checksums: 
     except (OSError, json.JSONDecodeError):
         known = {}
     hashes = []
-    for sample in tqdm(samples, desc=f"{source.name}: perceptual hashes", disable=not progress):
+    for sample in tqdm(samples, desc=f"{source.name}: perceptual hashes", disable=None if progress else True):
         checksum = checksums[sample.id][0]
         if checksum not in known:
             known[checksum] = perceptual_hash(source.read_image(sample))
@@ -178,7 +178,7 @@ def prepare_dataset(
 
     checksums = {
         s.id: (source.checksum(s.image), source.checksum(s.mask))
-        for s in tqdm(samples, desc=f"{dataset}: checksums", disable=not progress)
+        for s in tqdm(samples, desc=f"{dataset}: checksums", disable=None if progress else True)
     }
     settings = {
         "image_size": image_size, "max_images": max_images, "num_folds": num_folds, "split_seed": split_seed,
@@ -256,7 +256,7 @@ def _write_arrays(
     pixel_counts = np.zeros(source.num_classes, dtype=np.int64)
     images_with_class = np.zeros(source.num_classes, dtype=np.int64)
     for i, (sample, record) in enumerate(
-        tqdm(list(zip(samples, records)), desc=f"{source.name}: decoding", disable=not progress)
+        tqdm(list(zip(samples, records)), desc=f"{source.name}: decoding", disable=None if progress else True)
     ):
         image, mask, ambiguous = source.read_pair(sample)
         record["original_size"] = list(image.shape[:2])

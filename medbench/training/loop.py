@@ -76,7 +76,8 @@ def train_one_epoch(
 ) -> float:
     model.train()
     total, batches = 0.0, 0
-    for step, (images, masks, _) in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False)):
+    # disable=None: a progress bar on a terminal, none in log files.
+    for step, (images, masks, _) in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)):
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         masks = masks.to(device, non_blocking=True)
         with autocast(device, amp):
