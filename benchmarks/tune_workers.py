@@ -4,10 +4,11 @@
         --postgres-url postgresql+psycopg2://medbench:medbench@127.0.0.1:55440/medbench \\
         [--trials 4] [--rounds 1] [--model swinunet] [--image-size 64] [--max-images 40]
 
-Each measurement creates two fresh databases on the server, one for the Optuna study and
-one for the MLflow tracking store (MLflow's SQLAlchemy store, no server process), starts
-the workers as `python -m medbench tune` processes with one torch thread each, and takes
-the wall-clock time from their start until the last one exits, process start included.
+Each measurement creates two fresh databases on the server: one for the Optuna study, one
+for the MLflow tracking store (MLflow's SQLAlchemy store, no server process). It starts
+the workers as `python -m medbench tune` processes with one torch thread each
+(`OMP_NUM_THREADS=1`). It takes the wall-clock time from their start until the last one
+exits, process start included.
 The study is a grid of `--trials` learning rates, so both setups run the same trials.
 Rounds alternate one worker and two workers. The URL's role must be allowed to create
 databases (`.ci/postgres.sh` grants it).
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import _common
 import sqlalchemy
+import torch
 
 WORKER_COUNTS = (1, 2)
 
@@ -40,6 +42,18 @@ def _create_database(admin: sqlalchemy.engine.Engine, prefix: str) -> str:
 def _drop_database(admin: sqlalchemy.engine.Engine, name: str) -> None:
     with admin.connect() as connection:
         connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _check_study(storage: str, trials: int) -> None:
+    """Raise unless the study ran exactly `trials` complete trials, each with another learning rate."""
+    import optuna
+
+    study = optuna.load_study(study_name="bench", storage=storage)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    rates = {trial.params["lr"] for trial in complete}
+    if len(study.trials) != trials or len(complete) != trials or len(rates) != trials:
+        raise SystemExit(f"study ran {len(study.trials)} trials, {len(complete)} complete with {len(rates)} "
+                         f"distinct learning rates; expected {trials} of each")
 
 
 def run_study(args: argparse.Namespace, workers: int, workspace: Path) -> float:
@@ -65,7 +79,9 @@ def run_study(args: argparse.Namespace, workers: int, workspace: Path) -> float:
         for process, log_path in processes:
             if process.wait() != 0:
                 raise SystemExit(f"worker failed; see {log_path}:\n{log_path.read_text()[-2000:]}")
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        _check_study(optuna_url, args.trials)
+        return elapsed
     finally:
         for name in names:
             _drop_database(admin, name)
@@ -85,6 +101,7 @@ def main() -> None:
     if not args.postgres_url:
         raise SystemExit("Give --postgres-url or set MEDBENCH_TEST_POSTGRES_URL; .ci/postgres.sh starts a server.")
 
+    torch.set_num_threads(1)  # as in the workers, so the machine header reports their thread count
     workspace = Path(tempfile.mkdtemp(prefix="medbench-bench-workers-"))
     os.environ.setdefault("MEDBENCH_CACHE_DIR", str(workspace / "cache"))
     # Prepare the data once, so that neither setup pays for it.

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -22,6 +23,8 @@ from conftest import reset_mlflow_state, running_mlflow_server, use_mlflow_serve
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from test_tuning import GRID, ROOT, child_runs, parent_runs, trial_lrs, tune_command
+
+from medbench.tuning import study_lock
 
 
 @pytest.fixture
@@ -49,6 +52,23 @@ def databases(postgres_url) -> Iterator[dict[str, str]]:
         for name in names.values():
             connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def test_postgres_study_lock_exclusive(postgres_url):
+    order = []
+
+    def take_lock() -> None:
+        with study_lock(postgres_url):
+            order.append("second")
+
+    waiting = threading.Thread(target=take_lock)
+    with study_lock(postgres_url):
+        waiting.start()
+        waiting.join(timeout=1)
+        assert waiting.is_alive(), "a second holder got the lock while the first held it"
+        order.append("first")
+    waiting.join(timeout=30)
+    assert order == ["first", "second"]
 
 
 @pytest.fixture
