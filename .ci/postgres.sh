@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install PostgreSQL from Debian's packages if needed and start a throwaway server on
 # 127.0.0.1, then print the SQLAlchemy URL of its database `medbench` (user and password
-# `medbench`). The server's data folder is the first argument; it is created fresh.
+# `medbench`, allowed to create databases, so that tests can make one per store). The
+# server's data folder is the first argument; it is created fresh.
 set -euo pipefail
 data_dir=${1:?usage: postgres.sh DATA_DIR [PORT]}
 port=${2:-55432}
@@ -21,5 +22,5 @@ run_as_postgres "$bin/initdb -D '$data_dir' -A trust -U postgres" >&2
 run_as_postgres "$bin/pg_ctl -D '$data_dir' -l '$data_dir/server.log' -w \
     -o \"-c listen_addresses=127.0.0.1 -p $port -k '$data_dir' -c max_connections=200\" start" >&2
 run_as_postgres "$bin/psql -h 127.0.0.1 -p $port -U postgres -v ON_ERROR_STOP=1 -q \
-    -c \"CREATE ROLE medbench LOGIN PASSWORD 'medbench'\" -c 'CREATE DATABASE medbench OWNER medbench'" >&2
+    -c \"CREATE ROLE medbench LOGIN CREATEDB PASSWORD 'medbench'\" -c 'CREATE DATABASE medbench OWNER medbench'" >&2
 echo "postgresql+psycopg2://medbench:medbench@127.0.0.1:$port/medbench"

@@ -139,10 +139,14 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def _command_train(args: argparse.Namespace) -> int:
-    from medbench.training.run import train
+    from medbench.training import distributed
+    from medbench.training.run import resolve_device, train
 
     config = _config_from_args(args)
-    result = train(config)
+    with distributed.process_group(resolve_device(config.device).type) as ctx:
+        result = train(config)
+    if ctx is not None and not ctx.is_main:
+        return 0
     print(f"run {result.run_id} finished: " + ", ".join(
         f"{k} {v:.4f}" for k, v in result.metrics.items() if k in ("test/dice", "test/iou", "test/hd95")
     ))

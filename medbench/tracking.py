@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -54,6 +55,7 @@ __all__ = [
     "set_model_alias",
     "start_run",
     "tracking_uri",
+    "worker_tags",
 ]
 
 log = logging.getLogger(__name__)
@@ -287,8 +289,7 @@ def start_run(
         run = mlflow.start_run(run_name=run_name, nested=nested)
     logger = RunLogger(run)
     try:
-        if tags:
-            logger.set_tags(tags)
+        logger.set_tags({**worker_tags(), **(tags or {})})
         yield logger
     except KeyboardInterrupt:
         mlflow.flush_async_logging()
@@ -303,6 +304,11 @@ def start_run(
     else:
         mlflow.flush_async_logging()
         mlflow.end_run("FINISHED")
+
+
+def worker_tags() -> dict[str, str]:
+    """Tags naming the process that creates a run, to tell apart the workers that share one study or server."""
+    return {"worker.host": socket.gethostname(), "worker.pid": str(os.getpid())}
 
 
 def create_experiment(experiment: str) -> None:

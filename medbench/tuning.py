@@ -17,8 +17,9 @@ Budget rules, enforced in `_next_trial`:
   copy with the same parameters, up to `MAX_RETRIES` times. Such a dead trial does not
   count; its retry does.
 - Choosing the next trial happens under a lock. With an SQLite file, the lock is a file
-  lock next to the database. Several workers on one machine then never run a grid point
-  twice or exceed the budget.
+  lock next to the database. With PostgreSQL it is an advisory lock in the database.
+  Workers that share the study (on one machine for SQLite, on any machine for
+  PostgreSQL) then never run a grid point twice or exceed the budget.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -269,15 +271,21 @@ def study_lock(url: str) -> Iterator[None]:
     """Hold an exclusive lock for `url` while a worker reads the trials and creates the next one.
 
     For an SQLite file the lock is an `fcntl` file lock on `<database>.lock`, which
-    serializes the workers of one machine.
+    serializes the workers of one machine. For PostgreSQL it is a session-level advisory
+    lock (`pg_advisory_lock`) in the database itself, which serializes the workers of
+    every machine that uses this database.
     """
-    # NOTE: other databases (PostgreSQL, MySQL) get no lock here, so workers that reach the
-    # end of the budget at the same moment can each start one trial too many. Optuna's own
-    # row locks still keep each queued retry with a single worker.
+    # NOTE: other server databases (MySQL) get no lock here, so workers that reach the end
+    # of the budget at the same moment can each start one trial too many. Optuna's own row
+    # locks still keep each queued retry with a single worker.
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError as error:
         raise _storage_error(url, error) from error
+    if parsed.get_backend_name() == "postgresql":
+        with _postgres_advisory_lock(url):
+            yield
+        return
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         yield
         return
@@ -292,6 +300,33 @@ def study_lock(url: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# Key of the advisory lock that `study_lock` takes in a PostgreSQL storage: any fixed 64-bit
+# integer that other applications of the same database do not use ("medbench" in ASCII).
+POSTGRES_LOCK_KEY = 0x6D656462656E6368
+
+
+@functools.cache
+def _lock_engine(url: str) -> sqlalchemy.engine.Engine:
+    # NullPool: each lock opens its own connection and closes it on release, so a lock
+    # never outlives its `with` block in a pooled connection.
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+
+
+@contextlib.contextmanager
+def _postgres_advisory_lock(url: str) -> Iterator[None]:
+    try:
+        connection = _lock_engine(url).connect()
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
+        raise _storage_error(url, error) from error
+    with connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": POSTGRES_LOCK_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": POSTGRES_LOCK_KEY})
+            connection.commit()
 
 
 class _WorkerGridSampler(optuna.samplers.GridSampler):

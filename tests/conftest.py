@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,23 +83,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path, monkeypatch, cache_dir):
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact folder."""
+@contextlib.contextmanager
+def running_mlflow_server(folder: Path, backend_store_uri: str) -> Iterator[str]:
+    """Run a real `mlflow server` on 127.0.0.1 with `backend_store_uri` and artifacts under `folder`; yield its URL."""
     import subprocess
     import sys
     import time
     import urllib.request
 
-    reset_mlflow_state()
     port = _free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
-    log_path = tmp_path / "mlflow-server.log"
+    log_path = folder / "mlflow-server.log"
     with open(log_path, "w") as log_file:
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server",
-             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-             "--artifacts-destination", str(tmp_path / "artifacts"),
+             "--backend-store-uri", backend_store_uri,
+             "--artifacts-destination", str(folder / "artifacts"),
              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             stdout=log_file, stderr=subprocess.STDOUT, env=env,
         )
@@ -112,16 +113,31 @@ def mlflow_server(tmp_path, monkeypatch, cache_dir):
                 server.kill()
                 pytest.fail(f"mlflow server did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
+    try:
+        yield uri
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def use_mlflow_server(uri: str, tmp_path: Path, monkeypatch, cache_dir: Path) -> None:
+    """Point this test's MLflow client, caches and outputs at `uri` and `tmp_path`."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("MEDBENCH_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("MEDBENCH_OUTPUT_DIR", str(tmp_path / "outputs"))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.chdir(tmp_path)
-    yield uri
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch, cache_dir):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact folder."""
     reset_mlflow_state()
-    server.terminate()
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    with running_mlflow_server(tmp_path, f"sqlite:///{tmp_path / 'server.db'}") as uri:
+        use_mlflow_server(uri, tmp_path, monkeypatch, cache_dir)
+        yield uri
+        reset_mlflow_state()

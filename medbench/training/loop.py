@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from medbench.errors import MedbenchError
 from medbench.training.checkpoint import load_checkpoint, save_checkpoint
+from medbench.training.distributed import DistributedContext
 from medbench.training.evaluate import Evaluation, autocast, evaluate
 from medbench.training.resume import capture_rng_state, restore_rng_state
 from medbench.training.schedule import rex_schedule
@@ -156,6 +157,7 @@ def fit(
     resume_from: dict[str, Any] | None = None,
     channels_last: bool = False,
     compile: bool = False,
+    distributed: DistributedContext | None = None,
 ) -> FitResult:
     """Train for up to `epochs`, evaluating on `val_loader` after each and stopping early.
 
@@ -165,10 +167,21 @@ def fit(
     epoch. `log_metrics(metrics, epoch)` receives `train/loss`, `val/<score>`,
     `val/<score>/<class>`, `lr` and `epoch_seconds` after every epoch. `channels_last`
     and `compile` select the memory format and `torch.compile` for the forward passes.
+
+    With `distributed` (a `torchrun` launch), `train_loader` must read through a
+    `DistributedSampler` and every rank calls `fit`: the model trains wrapped in DDP,
+    `train/loss` is the mean over the ranks, and only rank 0 evaluates, writes
+    checkpoints and calls `log_metrics`. It broadcasts its early-stopping decision. The
+    other ranks return a `FitResult` without a best epoch (-1).
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     forward = torch.compile(model) if compile else model
+    train_forward = forward
+    if distributed is not None:
+        train_forward = distributed.wrap(model)
+        train_forward = torch.compile(train_forward) if compile else train_forward
+    is_main = distributed is None or distributed.is_main
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = rex_schedule(optimizer, total_steps=epochs * len(train_loader))
     state = _TrainingState(model, optimizer, scheduler, EarlyStopping(patience, min_delta), train_loader)
@@ -181,9 +194,18 @@ def fit(
         started = time.perf_counter()
 
         # train, then evaluate on the validation split
+        if distributed is not None:
+            train_loader.sampler.set_epoch(epoch)
         train_loss = train_one_epoch(
-            forward, train_loader, loss_fn, optimizer, scheduler, device, amp, epoch, memory_format
+            train_forward, train_loader, loss_fn, optimizer, scheduler, device, amp, epoch, memory_format
         )
+        epochs_run = epoch + 1
+        if distributed is not None:
+            train_loss = distributed.mean(train_loss)
+        if not is_main:  # rank 0 evaluates, checkpoints, logs and decides whether to stop
+            if distributed.broadcast_flag(False):
+                break
+            continue
         val: Evaluation = evaluate(forward, val_loader, len(class_names), class_names, device, loss_fn, amp)
         scores = val.summary()
 
@@ -198,17 +220,20 @@ def fit(
             state.best_epoch = epoch
         save_checkpoint(checkpoint_dir / "last.pt", state.to_checkpoint(epoch, checkpoint_extra),
                         copies=[best_path] if is_best else [])
-        epochs_run = epoch + 1
 
         # log after the checkpoint, so every logged epoch can be resumed from
         log_metrics(metrics, epoch)
         log.info("epoch %d: train/loss %.4f val/dice %.4f val/iou %.4f", epoch, train_loss, scores["dice"], scores["iou"])
 
-        # stop early
+        # stop early, on every rank at once
+        if distributed is not None:
+            distributed.broadcast_flag(state.stopper.should_stop)
         if state.stopper.should_stop:
             log.info("Early stopping at epoch %d: no %s gain above %g for %d epochs", epoch, MONITOR, min_delta, patience)
             break
 
+    if not is_main:
+        return FitResult(-1, math.nan, epochs_run, best_path)
     if state.best_epoch < 0:
         raise MedbenchError(f"Validation {MONITOR} was undefined in every epoch: the validation split has no foreground.")
     if state.best_epoch != epochs_run - 1:  # otherwise the weights in memory are the best ones

@@ -25,6 +25,7 @@ from medbench.errors import MedbenchError
 from medbench.models import create_model, get_model_info
 from medbench.training.evaluate import Evaluation, evaluate
 from medbench.training.losses import SegmentationLoss
+from medbench.training import distributed
 from medbench.training.checkpoint import load_checkpoint, remove_stale_temporary_files
 from medbench.training.loop import fit
 from medbench.visualize import save_prediction_grid
@@ -133,11 +134,19 @@ def train(
             the final `test/...` evaluation.
         on_epoch: called with each epoch's metrics and the epoch number after they are
             logged; an exception it raises (such as a pruning signal) ends the run as FAILED.
+
+    Under `torchrun` (after `distributed.process_group`), every rank calls `train`, and
+    only rank 0 opens the MLflow run and returns a complete result. The other ranks train
+    their shard and return a result with an empty `run_id`.
     """
     # Checks that need no data come first, so a bad store or run id wastes no preparation.
     tracking.check_tracking_store()
     info = get_model_info(config.model)
-    device = resolve_device(config.device)
+    ctx = distributed.context()
+    if ctx is not None and config.resume:
+        # NOTE: resuming would need rank 0's last.pt on every rank; not implemented yet.
+        raise MedbenchError("--resume is not supported under torchrun. Resume the run in a single process.")
+    device = ctx.device if ctx is not None else resolve_device(config.device)
     run_name = run_name or config.run_name
     resume_id = None
     if config.resume:
@@ -145,12 +154,24 @@ def train(
     seed_everything(config.seed, config.deterministic)
     amp = config.amp and info.allow_amp and device.type == "cuda"
 
-    prepared = prepare_dataset(
-        config.dataset, config.data_dir, config.image_size, config.max_images, config.num_folds, config.split_seed
-    )
+    with distributed.main_rank_first(ctx):  # one rank fills the prepared-data cache
+        prepared = prepare_dataset(
+            config.dataset, config.data_dir, config.image_size, config.max_images, config.num_folds, config.split_seed
+        )
     model = create_model(config.model, 3, prepared.num_classes, pretrained=config.pretrained, weights=config.weights)
     train_loader, stop_loader, val_loader = _loaders(config, prepared, inner_val)
+    if ctx is not None:
+        train_loader = distributed.shard_loader(train_loader, ctx, config.seed)
     loss_fn = SegmentationLoss(prepared.num_classes)
+    fit_options = {
+        "epochs": config.epochs, "lr": config.lr, "weight_decay": config.weight_decay, "patience": config.patience,
+        "min_delta": config.min_delta, "device": device, "amp": amp, "class_names": prepared.class_names,
+        "channels_last": config.channels_last, "compile": config.compile, "distributed": ctx,
+    }
+    if ctx is not None and not ctx.is_main:
+        result = fit(model, train_loader, stop_loader, loss_fn, checkpoint_dir=output_dir(), checkpoint_extra={},
+                     log_metrics=lambda metrics, epoch: None, **fit_options)
+        return TrainResult("", {}, None, result.best_checkpoint)
     tags = {
         "model": config.model,
         "family": info.family,
@@ -181,6 +202,7 @@ def train(
             "device_used": str(device),
             "amp_used": amp,
             "params_measured": sum(p.numel() for p in model.parameters()),
+            "world_size": ctx.world_size if ctx is not None else 1,
         })
         run.log_artifact(prepared.path / "splits.json", "data")
         run.log_dict(describe_augmentation(prepared.augmentation, config.seed), "data/augmentation.json")
@@ -208,12 +230,8 @@ def train(
                 on_epoch(metrics, epoch)
 
         result = fit(
-            model, train_loader, stop_loader, loss_fn,
-            epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
-            patience=config.patience, min_delta=config.min_delta, device=device, amp=amp,
-            class_names=prepared.class_names, checkpoint_dir=checkpoint_dir, checkpoint_extra=extra,
-            log_metrics=log_epoch,
-            resume_from=resume_from, channels_last=config.channels_last, compile=config.compile,
+            model, train_loader, stop_loader, loss_fn, checkpoint_dir=checkpoint_dir, checkpoint_extra=extra,
+            log_metrics=log_epoch, resume_from=resume_from, **fit_options,
         )
         run.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
         run.log_artifact(result.best_checkpoint, "checkpoints")
