@@ -174,6 +174,31 @@ CASES = [
     Case("models-unknown-flag", ["models", "--jsn"], r"unrecognized arguments: --jsn"),
     Case("datasets-unknown-flag", ["datasets", "--all"], r"unrecognized arguments: --all"),
     Case("unknown-command", ["trian"], r"invalid choice: 'trian'"),
+    # prepare
+    Case("prepare-dataset-unknown", ["prepare", "--dataset", "isic"], r"Unknown dataset 'isic'. Did you mean 'isic2018'"),
+    Case("prepare-image-size-tiny", ["prepare", "--dataset", "kvasir_seg", "--image-size", "8"],
+         r"image_size must be at least 32 pixels, got 8"),
+    Case("prepare-split-unknown", ["prepare", "--dataset", "kvasir_seg", "--split", "random"],
+         r"split must be 'kfold' or 'official', got 'random'"),
+    # tune
+    Case("tune-sampler-unknown", ["tune", "--model", "unet", "--dataset", "kvasir_seg", "--sampler", "random"],
+         r"Unknown sampler 'random'"),
+    Case("tune-metric-unknown", ["tune", "--model", "unet", "--dataset", "kvasir_seg", "--metric", "val/foo"],
+         r"Unknown objective metric 'val/foo'"),
+    Case("tune-storage-unopenable", ["tune", "--model", "unet", "--dataset", "kvasir_seg", "--storage", "nosuchdb://x"],
+         r"Cannot open Optuna storage 'nosuchdb://x'"),
+    # cv
+    Case("cv-fold-given", ["cv", "--model", "unet", "--dataset", "kvasir_seg", "--fold", "1"], r"cv trains every fold"),
+    # explain
+    Case("explain-run-unknown", ["explain", "--run-id", "0123456789abcdef"], r"Run '0123456789abcdef' was not found"),
+    Case("explain-no-target", ["explain"], r"Pass exactly one of --run-id and --model-uri"),
+    # compare
+    Case("compare-experiment-unknown", ["compare", "--experiments", "nosuch"], r"Experiment\(s\) 'nosuch' not found"),
+    # predict
+    Case("predict-model-unknown", lambda w: ["predict", "--model-uri", "models:/nope@champion", "--input", str(w),
+                                             "--output", str(w / "out")], r"Registered model 'nope' not found"),
+    Case("predict-input-missing", lambda w: ["predict", "--model-uri", "models:/x/1", "--input", str(w / "none"),
+                                             "--output", str(w / "out")], r"Input folder .*none does not exist"),
 ]
 
 

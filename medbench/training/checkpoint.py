@@ -13,7 +13,7 @@ import torch
 
 from medbench.errors import MedbenchError
 
-__all__ = ["load_checkpoint", "remove_stale_temporary_files", "save_checkpoint"]
+__all__ = ["load_checkpoint", "remove_stale_temporary_files", "save_checkpoint", "save_weights_checkpoint"]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], copies: Sequence[Path] = ()) -> None:
@@ -83,3 +83,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise MedbenchError(f"Checkpoint {path} lacks the 'model' and 'config' entries of a medbench checkpoint.")
     return state
+
+
+# Entries only a resumed training needs; the logged best checkpoint leaves them out, which
+# makes it about a third of the size (AdamW keeps two tensors per parameter).
+TRAINING_STATE_KEYS = ("optimizer", "scheduler", "rng", "history")
+
+
+def save_weights_checkpoint(source: Path, target: Path) -> Path:
+    """Write `source` without its training state (`TRAINING_STATE_KEYS`) to `target`, atomically."""
+    state = load_checkpoint(source)
+    save_checkpoint(target, {k: v for k, v in state.items() if k not in TRAINING_STATE_KEYS})
+    return target

@@ -26,7 +26,7 @@ from medbench.models import create_model, get_model_info
 from medbench.training.evaluate import Evaluation, evaluate
 from medbench.training.losses import SegmentationLoss
 from medbench.training import distributed
-from medbench.training.checkpoint import load_checkpoint, remove_stale_temporary_files
+from medbench.training.checkpoint import load_checkpoint, remove_stale_temporary_files, save_weights_checkpoint
 from medbench.training.loop import fit
 from medbench.visualize import save_prediction_grid
 
@@ -234,7 +234,8 @@ def train(
             log_metrics=log_epoch, resume_from=resume_from, **fit_options,
         )
         run.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
-        run.log_artifact(result.best_checkpoint, "checkpoints")
+        with tempfile.TemporaryDirectory() as tmp:
+            run.log_artifact(save_weights_checkpoint(result.best_checkpoint, Path(tmp) / "best.pt"), "checkpoints")
 
         # final evaluation of the best checkpoint on the held-out fold
         final = evaluate(model, val_loader, prepared.num_classes, prepared.class_names, device, loss_fn, amp,
