@@ -66,7 +66,7 @@ HEALTH_TIMEOUT_S = 5.0
 
 
 def metric_key(split: str, name: str, class_name: str | None = None) -> str:
-    """The one spelling of a metric key: `<split>/<name>[/<class>]`."""
+    """Build the one spelling of a metric key: `<split>/<name>[/<class>]`."""
     return f"{split}/{name}" + (f"/{class_name}" if class_name else "")
 
 
@@ -75,7 +75,7 @@ def tracking_uri() -> str:
 
 
 def check_tracking_store() -> str:
-    """Fail within seconds, before any training, if a tracking server does not answer."""
+    """Fail within seconds, before any training, if a tracking server does not respond."""
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         try:
