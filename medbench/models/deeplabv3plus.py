@@ -13,14 +13,13 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from medbench.models.encoders import smp_encoder_source
-from medbench.models.layers import pad_to_multiple
+from medbench.models.encoders import PaddedSmpModel, smp_encoder_source
 from medbench.models.registry import register_model
 
 __all__ = ["DeepLabV3Plus"]
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(PaddedSmpModel):
     """smp DeepLabV3Plus for any input size (zero-padded to a multiple of 16 and cropped back).
 
     Args:
@@ -37,18 +36,16 @@ class DeepLabV3Plus(nn.Module):
         encoder_name: str = "resnet50",
         decoder_channels: int = 256,
     ) -> None:
-        super().__init__()
-        self.net = smp.DeepLabV3Plus(
-            encoder_name=encoder_name,
-            encoder_weights=None,
-            in_channels=in_channels,
-            classes=num_classes,
-            decoder_channels=decoder_channels,
+        super().__init__(
+            smp.DeepLabV3Plus(
+                encoder_name=encoder_name,
+                encoder_weights=None,
+                in_channels=in_channels,
+                classes=num_classes,
+                decoder_channels=decoder_channels,
+            ),
+            multiple=16,
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = pad_to_multiple(x, 16)
-        return self.net(x)[..., :h, :w]
 
 
 @register_model(

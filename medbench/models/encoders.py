@@ -9,9 +9,10 @@ import torch
 from segmentation_models_pytorch.encoders import encoders as smp_encoders
 from torch import nn
 
+from medbench.models.layers import pad_to_multiple
 from medbench.models.registry import PretrainedSource
 
-__all__ = ["TimmPyramid", "prefixed_key_map", "smp_encoder_source", "timm_hub_source"]
+__all__ = ["PaddedSmpModel", "TimmPyramid", "prefixed_key_map", "smp_encoder_source", "timm_hub_source"]
 
 
 class TimmPyramid(nn.Module):
@@ -71,3 +72,20 @@ def timm_hub_source(hub_id: str, description: str, prefix: str) -> PretrainedSou
         filename="model.safetensors",
         key_map=prefixed_key_map(f"{prefix}model."),
     )
+
+
+class PaddedSmpModel(nn.Module):
+    """A segmentation-models-pytorch model under `net`, for any input size.
+
+    Inputs are zero-padded to a multiple of `multiple` (the model's total downsampling)
+    and the logits are cropped back to the input size.
+    """
+
+    def __init__(self, net: nn.Module, multiple: int) -> None:
+        super().__init__()
+        self.net = net
+        self.multiple = multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (h, w) = pad_to_multiple(x, self.multiple)
+        return self.net(x)[..., :h, :w]

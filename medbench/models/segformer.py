@@ -12,14 +12,13 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from medbench.models.encoders import smp_encoder_source
-from medbench.models.layers import pad_to_multiple
+from medbench.models.encoders import PaddedSmpModel, smp_encoder_source
 from medbench.models.registry import register_model
 
 __all__ = ["SegFormer"]
 
 
-class SegFormer(nn.Module):
+class SegFormer(PaddedSmpModel):
     """smp Segformer for any input size (zero-padded to a multiple of 32 and cropped back).
 
     Args:
@@ -36,18 +35,16 @@ class SegFormer(nn.Module):
         encoder_name: str = "mit_b3",
         decoder_channels: int = 768,
     ) -> None:
-        super().__init__()
-        self.net = smp.Segformer(
-            encoder_name=encoder_name,
-            encoder_weights=None,
-            in_channels=in_channels,
-            classes=num_classes,
-            decoder_segmentation_channels=decoder_channels,
+        super().__init__(
+            smp.Segformer(
+                encoder_name=encoder_name,
+                encoder_weights=None,
+                in_channels=in_channels,
+                classes=num_classes,
+                decoder_segmentation_channels=decoder_channels,
+            ),
+            multiple=32,
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = pad_to_multiple(x, 32)
-        return self.net(x)[..., :h, :w]
 
 
 @register_model(

@@ -13,14 +13,13 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from medbench.models.layers import pad_to_multiple
 from medbench.models.registry import register_model
-from medbench.models.encoders import smp_encoder_source
+from medbench.models.encoders import PaddedSmpModel, smp_encoder_source
 
 __all__ = ["UNetPlusPlus"]
 
 
-class UNetPlusPlus(nn.Module):
+class UNetPlusPlus(PaddedSmpModel):
     """smp UnetPlusPlus for any input size (zero-padded to a multiple of 32 and cropped back).
 
     Args:
@@ -37,18 +36,16 @@ class UNetPlusPlus(nn.Module):
         encoder_name: str = "resnet34",
         decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
     ) -> None:
-        super().__init__()
-        self.net = smp.UnetPlusPlus(
-            encoder_name=encoder_name,
-            encoder_weights=None,
-            in_channels=in_channels,
-            classes=num_classes,
-            decoder_channels=decoder_channels,
+        super().__init__(
+            smp.UnetPlusPlus(
+                encoder_name=encoder_name,
+                encoder_weights=None,
+                in_channels=in_channels,
+                classes=num_classes,
+                decoder_channels=decoder_channels,
+            ),
+            multiple=32,
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = pad_to_multiple(x, 32)
-        return self.net(x)[..., :h, :w]
 
 
 @register_model(
