@@ -50,7 +50,7 @@ def _validate_labels(prediction: np.ndarray, target: np.ndarray, num_classes: in
             raise ValueError(f"{name} must hold integer class labels, got dtype {array.dtype}; take argmax of logits.")
         if array.size and (array.min() < 0 or array.max() >= num_classes):
             raise ValueError(
-                f"{name} holds labels {int(array.min())}..{int(array.max())}, outside 0..{num_classes - 1}."
+                f"{name} contains labels {int(array.min())}..{int(array.max())}, outside 0..{num_classes - 1}."
             )
 
 

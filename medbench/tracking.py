@@ -274,7 +274,7 @@ def start_run(
     if run_id:
         # NOTE: under `mlflow run`, the run that MLflow Projects created stays empty.
         run = mlflow.start_run(run_id=run_id, nested=parent_run_id is not None)
-        if FAILURE_TAG in run.data.tags:  # the reason of the earlier failure no longer holds
+        if FAILURE_TAG in run.data.tags:  # the reason of the earlier failure no longer applies
             client().delete_tag(run_id, FAILURE_TAG)
     elif parent_run_id is not None:
         parent = client().get_run(parent_run_id)

@@ -43,7 +43,8 @@ def assert_complete_run(run, dataset: str, model: str, class_name: str) -> None:
 
     # per-epoch and final metrics
     history = client.get_metric_history(run.info.run_id, "train/loss")
-    assert len(history) == 1 and history[0].step == 0
+    assert len(history) == 1
+    assert history[0].step == 0
     metrics = run.data.metrics
     assert 0 < metrics["test/dice"] <= 1
     assert f"test/dice/{class_name}" in metrics
@@ -68,7 +69,8 @@ def assert_complete_run(run, dataset: str, model: str, class_name: str) -> None:
     # the registered model loads and predicts a mask at another size
     name = f"medbench-{dataset}-{model}"
     versions = client.search_model_versions(f"name='{name}'")
-    assert len(versions) == 1 and versions[0].run_id == run.info.run_id
+    assert len(versions) == 1
+    assert versions[0].run_id == run.info.run_id
     loaded = mlflow.pytorch.load_model(f"models:/{name}/{versions[0].version}")
     with torch.no_grad():
         logits = loaded(torch.randn(2, 3, 72, 90))

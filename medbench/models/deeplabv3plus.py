@@ -10,7 +10,6 @@ a parameter count; the registry records the 26.7 M measured here for 2 classes.
 from __future__ import annotations
 
 import segmentation_models_pytorch as smp
-import torch
 from torch import nn
 
 from medbench.models.encoders import PaddedSmpModel, smp_encoder_source

@@ -111,7 +111,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(data, Mapping) and wrapper in data and isinstance(data[wrapper], Mapping):
             data = data[wrapper]
     if not isinstance(data, Mapping):
-        raise MedbenchError(f"Weight file {path} holds a {type(data).__name__}, not a state dict.")
+        raise MedbenchError(f"Weight file {path} contains a {type(data).__name__}, not a state dict.")
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 

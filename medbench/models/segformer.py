@@ -9,7 +9,6 @@ which gives the published 47.3 M parameters; smp's default decoder width of 256 
 from __future__ import annotations
 
 import segmentation_models_pytorch as smp
-import torch
 from torch import nn
 
 from medbench.models.encoders import PaddedSmpModel, smp_encoder_source

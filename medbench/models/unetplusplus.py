@@ -10,7 +10,6 @@ VGG-style encoder of the paper.
 from __future__ import annotations
 
 import segmentation_models_pytorch as smp
-import torch
 from torch import nn
 
 from medbench.models.registry import register_model
