@@ -49,11 +49,12 @@ def relative_error(actual, expected):
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
 
 
+@pytest.mark.parametrize("chunk_size", [1, 32])
 @pytest.mark.parametrize("length", [1, 7, 64, 150])
-def test_scan_matches_loop(length):
+def test_scan_matches_loop(length, chunk_size):
     inputs = random_inputs(length)
     expected = loop_scan(**inputs)
-    actual = selective_scan_torch(**inputs, delta_softplus=True, chunk_size=32)
+    actual = selective_scan_torch(**inputs, delta_softplus=True, chunk_size=chunk_size)
     assert actual.dtype == torch.float64
     assert relative_error(actual, expected) < 1e-5
 
@@ -86,14 +87,15 @@ def test_strong_decay_stays_finite():
     assert torch.isfinite(selective_scan_torch(**inputs, delta_softplus=True)).all()
 
 
+@pytest.mark.parametrize("chunk_size", [1, 4])
 @pytest.mark.parametrize("length", [1, 12, 13])
-def test_gradients_match_loop(length):
+def test_gradients_match_loop(length, chunk_size):
     inputs = random_inputs(length, channels=2, groups=1)
     for tensor in inputs.values():
         tensor.requires_grad_(True)
     expected = torch.autograd.grad(loop_scan(**inputs).sum(), list(inputs.values()))
     actual = torch.autograd.grad(
-        selective_scan_torch(**inputs, delta_softplus=True, chunk_size=4).sum(), list(inputs.values())
+        selective_scan_torch(**inputs, delta_softplus=True, chunk_size=chunk_size).sum(), list(inputs.values())
     )
     for name, a, e in zip(inputs, actual, expected):
         assert relative_error(a, e) < 1e-5, name

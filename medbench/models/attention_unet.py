@@ -11,7 +11,6 @@ registry) has 31.7 M parameters for 2 classes.
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import AttentionUnet as MonaiAttentionUnet
 from torch import nn
 
 from medbench.models.layers import pad_to_multiple
@@ -38,6 +37,10 @@ class AttentionUNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        # MONAI is imported here, not at module level, because importing it takes about 4 s
+        # on a 2-core CPU. Processes that only list or build other models skip that cost.
+        from monai.networks.nets import AttentionUnet as MonaiAttentionUnet
+
         self.net = MonaiAttentionUnet(
             spatial_dims=2,
             in_channels=in_channels,

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import UnetrBasicBlock, UnetrUpBlock
 from timm.layers import DropPath
 from torch import nn
 
@@ -218,6 +217,9 @@ class SwinUMamba(nn.Module):
         norm_name: str = "instance",
     ) -> None:
         super().__init__()
+        # Imported here because importing MONAI takes seconds (see attention_unet.py).
+        from monai.networks.blocks import UnetrBasicBlock, UnetrUpBlock
+
         stem_width, *dims = feature_sizes  # dims: encoder widths at 1/4 to 1/32
         dims = tuple(dims)
         self.stem = nn.Sequential(
