@@ -8,8 +8,8 @@ Kvasir-SEG images and batches, with AdamW and the REX schedule, for one epoch fo
 forward pass over the validation images. `fit` adds what medbench does per epoch: pooled
 metrics of the validation predictions, MLflow logging into a temporary SQLite store, the
 atomic `last.pt` and `best.pt` checkpoints and reloading the best weights. Rounds alternate
-the two. The logging share is the time spent inside the metric-logging call (MLflow logs
-asynchronously) over the `fit` time.
+the two. The logging share is the time spent inside the metric-logging call (a synchronous
+MLflow `log_metrics`) over the `fit` time.
 """
 
 from __future__ import annotations

@@ -124,16 +124,21 @@ class RunLogger:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log finite metrics asynchronously; NaN values (undefined scores) are left out."""
+        """Log finite metrics; NaN values (undefined scores) are left out.
+
+        Logging is synchronous: medbench logs once per epoch, so one round trip to the store
+        per call costs little. MLflow's asynchronous queue instead added about 1.3 s to
+        the end of every run (its logging thread polls with a 1 s timeout, mlflow 3.17).
+        """
         finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         if finite:
-            mlflow.log_metrics(finite, step=step, synchronous=False)
+            mlflow.log_metrics(finite, step=step)
 
     def log_missing_metrics(self, history: list[Mapping[str, float]]) -> int:
         """Log the entries of `history` (one metrics dict per epoch, epoch = index) that the run lacks.
 
-        Asynchronous logging loses the last queued metrics when a process is killed; a
-        resumed run calls this with the history from its checkpoint. Returns how many
+        A process killed after saving a checkpoint but before logging that epoch's metrics
+        leaves them out. A resumed run calls this with the history from its checkpoint. Returns how many
         (metric, epoch) values were logged.
         """
         store = client()
@@ -292,17 +297,14 @@ def start_run(
         logger.set_tags({**worker_tags(), **(tags or {})})
         yield logger
     except KeyboardInterrupt:
-        mlflow.flush_async_logging()
         mlflow.set_tag(FAILURE_TAG, "interrupted by the user")
         mlflow.end_run("KILLED")
         raise
     except BaseException as error:
-        mlflow.flush_async_logging()
         mlflow.set_tag(FAILURE_TAG, f"{type(error).__name__}: {error}"[:5000])
         mlflow.end_run("FAILED")
         raise
     else:
-        mlflow.flush_async_logging()
         mlflow.end_run("FINISHED")
 
 
