@@ -53,7 +53,7 @@ def main() -> None:
     prepared = prepare_dataset("kvasir_seg", None, config.image_size, config.max_images, config.num_folds,
                                config.split_seed, progress=False)
     initial = create_model(config.model, 3, prepared.num_classes)
-    train_loader, val_loader = _loaders(config, prepared)
+    train_loader, val_loader, _ = _loaders(config, prepared, inner_val=False)
     loss_fn = SegmentationLoss(prepared.num_classes)
     device = torch.device("cpu")
     logging_seconds: list[float] = []
