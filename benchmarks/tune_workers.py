@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,17 +86,41 @@ def run_study(args: argparse.Namespace, workers: int, workspace: Path) -> tuple[
         for index in range(workers):
             log_path = workspace / f"worker-{workers}-{index}.log"
             with open(log_path, "w") as log_file:
-                processes.append((subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env),
-                                  log_path))
+                # cwd: MLflow's default artifact root is ./mlruns, which must land in the workspace.
+                processes.append((subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                                   cwd=workspace), log_path))
         for process, log_path in processes:
             if process.wait() != 0:
-                raise SystemExit(f"worker failed; see {log_path}:\n{log_path.read_text()[-2000:]}")
+                raise SystemExit(f"worker failed; the end of its log:\n{log_path.read_text()[-2000:]}")
         elapsed = time.perf_counter() - started
         return elapsed, _check_study(optuna_url, args.trials)
     finally:
         for name in names:
             _drop_database(admin, name)
         admin.dispose()
+        # Each trial logs its model and checkpoint (about 150 MB for Swin-Unet).
+        for folder in ("mlruns", "outputs"):
+            shutil.rmtree(workspace / folder, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, workspace: Path) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
+    """Run the alternating rounds; return the study seconds and summed trial seconds per worker count."""
+    os.environ.setdefault("MEDBENCH_CACHE_DIR", str(workspace / "cache"))
+    # Prepare the data once, so that neither setup pays for it.
+    subprocess.run([sys.executable, "-m", "medbench", "prepare", "--dataset", "kvasir_seg", "--image-size",
+                    str(args.image_size), "--max-images", str(args.max_images)],
+                   env=dict(os.environ, PYTHONPATH=str(_common.ROOT),
+                            MLFLOW_TRACKING_URI=f"sqlite:///{workspace / 'prepare.db'}"),
+                   cwd=workspace, check=True, capture_output=True)
+
+    seconds: dict[int, list[float]] = {count: [] for count in WORKER_COUNTS}
+    trial_seconds: dict[int, list[float]] = {count: [] for count in WORKER_COUNTS}
+    for _ in range(args.rounds):
+        for count in WORKER_COUNTS:
+            elapsed, trials_total = run_study(args, count, workspace)
+            seconds[count].append(elapsed)
+            trial_seconds[count].append(trials_total)
+    return seconds, trial_seconds
 
 
 def main() -> None:
@@ -114,21 +139,10 @@ def main() -> None:
 
     torch.set_num_threads(1)  # as in the workers, so the machine header reports their thread count
     workspace = Path(tempfile.mkdtemp(prefix="medbench-bench-workers-"))
-    os.environ.setdefault("MEDBENCH_CACHE_DIR", str(workspace / "cache"))
-    # Prepare the data once, so that neither setup pays for it.
-    subprocess.run([sys.executable, "-m", "medbench", "prepare", "--dataset", "kvasir_seg", "--image-size",
-                    str(args.image_size), "--max-images", str(args.max_images)],
-                   env=dict(os.environ, PYTHONPATH=str(_common.ROOT),
-                            MLFLOW_TRACKING_URI=f"sqlite:///{workspace / 'prepare.db'}"),
-                   check=True, capture_output=True)
-
-    seconds: dict[int, list[float]] = {count: [] for count in WORKER_COUNTS}
-    trial_seconds: dict[int, list[float]] = {count: [] for count in WORKER_COUNTS}
-    for _ in range(args.rounds):
-        for count in WORKER_COUNTS:
-            elapsed, trials_total = run_study(args, count, workspace)
-            seconds[count].append(elapsed)
-            trial_seconds[count].append(trials_total)
+    try:
+        seconds, trial_seconds = measure(args, workspace)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
 
     print(_common.machine_header())
     print(f"study: {args.trials} trials of {args.model} at {args.image_size}x{args.image_size}, "
