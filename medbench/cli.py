@@ -158,6 +158,9 @@ def _command_train(args: argparse.Namespace) -> int:
 def _command_tune(args: argparse.Namespace) -> int:
     from medbench.tuning import TuneConfig, tune
 
+    if args.resume:
+        raise MedbenchError("tune does not take --resume: run a worker again with the same --study-name and "
+                            "settings, and it continues the study (finished trials are kept).")
     config = TuneConfig(train=_config_from_args(args), **_fields_from_args(TuneConfig, args))
     result = tune(config)
     states = ", ".join(f"{count} {state}" for state, count in result.trial_states.items() if count)
@@ -172,6 +175,9 @@ def _command_cv(args: argparse.Namespace) -> int:
 
     if args.fold is not None:
         raise MedbenchError("cv trains every fold; leave out --fold (use `medbench train --fold K` for one fold).")
+    if args.resume:
+        raise MedbenchError("cv does not take --resume: leave it out and run cv again, which trains every fold "
+                            "from the start.")
     config = CVConfig(train=_config_from_args(args), **_fields_from_args(CVConfig, args))
     result = cross_validate(config)
     print(f"cross-validation parent run {result.parent_run_id}: " + ", ".join(

@@ -187,8 +187,12 @@ CASES = [
          r"Unknown objective metric 'val/foo'"),
     Case("tune-storage-unopenable", ["tune", "--model", "unet", "--dataset", "kvasir_seg", "--storage", "nosuchdb://x"],
          r"Cannot open Optuna storage 'nosuchdb://x'"),
+    Case("tune-resume-given", ["tune", "--model", "unet", "--dataset", "kvasir_seg", "--resume", "last"],
+         r"tune does not take --resume: run a worker again with the same --study-name"),
     # cv
     Case("cv-fold-given", ["cv", "--model", "unet", "--dataset", "kvasir_seg", "--fold", "1"], r"cv trains every fold"),
+    Case("cv-resume-given", ["cv", "--model", "unet", "--dataset", "kvasir_seg", "--resume", "last"],
+         r"cv does not take --resume"),
     # explain
     Case("explain-run-unknown", ["explain", "--run-id", "0123456789abcdef"], r"Run '0123456789abcdef' was not found"),
     Case("explain-no-target", ["explain"], r"Pass exactly one of --run-id and --model-uri"),
