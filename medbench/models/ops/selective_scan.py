@@ -18,15 +18,12 @@ factors in [0, 1], so they cannot overflow, unlike scans that divide by cumulati
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["HAS_CUDA_KERNEL", "selective_scan", "selective_scan_torch"]
-
-log = logging.getLogger(__name__)
 
 try:  # the compiled kernel of the mamba-ssm package, when it is installed
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _cuda_selective_scan
@@ -102,7 +99,7 @@ def _prefix_scan(decay: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tenso
 
 
 def _scan(decay: torch.Tensor, inputs: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Solve the recurrence of `_sequential_scan`, in parallel inside chunks of `chunk_size` elements."""
+    """Solve the recurrence of `_sequential_scan` in parallel inside chunks, or step by step for chunk size 1."""
     if chunk_size == 1:
         return _sequential_scan(decay, inputs)
     states = []
